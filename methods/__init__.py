@@ -1,0 +1,9 @@
+"""Built-in methods (installed as ``ssl_bench.methods``). Importing registers them.
+
+Each built-in is imported explicitly here; third-party methods register through the
+``ssl_bench.methods`` entry-point group instead (no edit of this package needed).
+"""
+from .base import Batch, Method, MethodContext, Stage, StepOutput  # noqa: F401
+
+from . import supervised  # noqa: F401,E402
+from . import mt  # noqa: F401,E402

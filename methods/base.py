@@ -1,0 +1,182 @@
+"""The method interface. A method is one small file that *computes losses*.
+
+The shared loop (``ssl_bench.engine``) owns everything else: sampling, augmentation of the
+batch, backward, optimiser and poly LR, AMP, checkpoints, evaluation and logging. A method:
+
+* declares its hyperparameters in a ``Config`` dataclass with its paper's defaults;
+* builds its networks in ``__init__`` from ``ctx.make_backbone()``;
+* lists every network in ``modules()`` (the loop moves, checkpoints and counts them) and the
+  EMA teachers in ``teachers()`` (never given to an optimiser, updated in ``after_optimizer_step``);
+* returns a ``StepOutput`` from ``training_step(batch, step)``;
+* optionally splits its budget into ``stages()`` (ACTION, GCL, SCS), and owns extra optimisers
+  through ``aux_losses`` + ``aux_parameters()`` (DAN's discriminator).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ssl_bench.augment import Augmenter
+from ssl_bench.ema import ema_momentum, ema_update
+from ssl_bench.nets import create_backbone
+from ssl_bench.registry import register_method  # re-exported for plugins  # noqa: F401
+
+
+@dataclass
+class EmptyConfig:
+    """A method without hyperparameters of its own."""
+
+
+@dataclass
+class MethodContext:
+    num_classes: int
+    in_channels: int = 1
+    backbone: str = "unet"
+    image_size: int = 256
+    total_iterations: int = 1000
+    augment: Augmenter = field(default_factory=Augmenter)
+    generator: torch.Generator | None = None  # for random choices inside methods
+
+    def make_backbone(self) -> nn.Module:
+        return create_backbone(self.backbone, self.in_channels, self.num_classes)
+
+
+@dataclass
+class Batch:
+    """One training batch, already on the device and augmented by the loop.
+
+    ``x_ulb`` is the weak view of the unlabeled slices and ``x_ulb_strong`` a strong view with
+    the *same geometry* (pixel-aligned). ``x_ulb_raw`` is the un-augmented slice, for methods
+    that build their own views. Unlabeled tensors have batch size 0 for supervised methods.
+    """
+
+    x_lb: torch.Tensor
+    y_lb: torch.Tensor
+    x_ulb: torch.Tensor
+    x_ulb_strong: torch.Tensor
+    x_ulb_raw: torch.Tensor
+    x_lb_raw: torch.Tensor | None = None
+    y_lb_raw: torch.Tensor | None = None
+
+    @property
+    def device(self):
+        return self.x_lb.device
+
+
+@dataclass
+class StepOutput:
+    """``loss`` is backpropagated into ``trainable_parameters()``; ``terms`` are logged.
+
+    ``unsup`` is the unlabeled term (a differentiable tensor) that the registry-wide test
+    checks for gradient flow; ``None`` for purely supervised methods.
+    ``aux_losses`` maps the name of an auxiliary optimiser to the loss it minimises.
+    """
+
+    loss: torch.Tensor
+    terms: dict[str, float] = field(default_factory=dict)
+    unsup: torch.Tensor | None = None
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Stage:
+    """A phase of a multi-stage method: its share of the iteration budget."""
+
+    name: str
+    fraction: float
+    uses_labels: bool = True
+
+
+class Method:
+    """Base class. Subclasses set ``Config``, ``paper`` and implement ``training_step``."""
+
+    Config: type = EmptyConfig
+    paper: str = ""
+    #: True for methods that train on every training case with labels (UNet-F)
+    fully_supervised: bool = False
+    #: True for methods that use no unlabeled data at all (UNet-L)
+    supervised_only: bool = False
+
+    def __init__(self, cfg, ctx: MethodContext):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.stage = self.stages()[0].name
+        self.ema_step = 0
+
+    # -- networks ---------------------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        """Every network the method owns, by name (teachers included)."""
+        raise NotImplementedError
+
+    def teachers(self) -> dict[str, tuple[nn.Module, nn.Module, float]]:
+        """EMA teachers: name -> (teacher, student it follows, momentum)."""
+        return {}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the main optimiser: everything but teachers and auxiliary parameters."""
+        excluded = {id(p) for t, _, _ in self.teachers().values() for p in t.parameters()}
+        excluded |= {id(p) for params in self.aux_parameters().values() for p in params}
+        seen: set[int] = set()
+        params = []
+        for m in self.modules().values():
+            for p in m.parameters():
+                if id(p) in excluded or id(p) in seen or not p.requires_grad:
+                    continue
+                seen.add(id(p))
+                params.append(p)
+        return params
+
+    def aux_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters stepped by their own optimisers (name -> parameters)."""
+        return {}
+
+    def predictor(self) -> nn.Module:
+        """The network used at inference (image -> logits)."""
+        return self.modules()["student"]
+
+    # -- training ---------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        return [Stage("train", 1.0)]
+
+    def set_stage(self, name: str) -> None:
+        """Called by the loop when a stage starts (also when resuming into it)."""
+        self.stage = name
+
+    def training_step(self, batch: Batch, step: int) -> StepOutput:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int) -> None:
+        """EMA update of every teacher (override for other bookkeeping, call super)."""
+        for teacher, student, momentum in self.teachers().values():
+            ema_update(teacher, student, ema_momentum(momentum, self.ema_step))
+        self.ema_step += 1
+
+    def extra_state(self) -> dict:
+        """Non-parameter state to checkpoint (memory banks, counters)."""
+        return {"ema_step": self.ema_step}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.ema_step = int(state.get("ema_step", 0))
+
+    def train(self, mode: bool = True) -> None:
+        for name, m in self.modules().items():
+            m.train(mode)
+
+    def to(self, device) -> "Method":
+        for m in self.modules().values():
+            m.to(device)
+        return self
+
+
+def ramp(step: int, total_iterations: int, fraction: float) -> float:
+    """Sigmoid ramp-up over ``fraction`` of the budget (convenience for methods)."""
+    from ssl_bench.schedules import sigmoid_rampup
+
+    return sigmoid_rampup(step, fraction * total_iterations)
+
+
+Factory = Callable[..., Method]

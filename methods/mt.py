@@ -1,0 +1,62 @@
+"""Mean Teacher (Tarvainen & Valpola, "Mean teachers are better role models", NeurIPS 2017).
+
+The teacher is an EMA of the student (momentum 0.99). The student sees the unlabeled slice with
+Gaussian input noise added, the teacher sees the same slice with its own noise; the consistency
+term is the MSE between their softmax outputs, weighted by ``consistency`` times a sigmoid
+ramp-up over ``rampup`` of the budget.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ssl_bench.ema import make_teacher
+from ssl_bench.losses import softmax_mse, supervised_loss
+from ssl_bench.registry import register_method
+
+from .base import Method, StepOutput, ramp
+
+
+@dataclass
+class MTConfig:
+    ema_momentum: float = 0.99
+    consistency: float = 0.1
+    rampup: float = 0.4  # fraction of the iteration budget
+    noise_std: float = 0.1
+    noise_clip: float = 0.2
+
+
+def input_noise(x: torch.Tensor, std: float, clip: float) -> torch.Tensor:
+    return x + (torch.randn_like(x) * std).clamp(-clip, clip)
+
+
+@register_method("mt", description="Mean Teacher: EMA teacher, softmax-MSE consistency on noisy inputs",
+                 paper="Tarvainen & Valpola, NeurIPS 2017")
+class MeanTeacher(Method):
+    Config = MTConfig
+    paper = "Tarvainen & Valpola, NeurIPS 2017"
+
+    def __init__(self, cfg: MTConfig, ctx):
+        super().__init__(cfg, ctx)
+        self.student = ctx.make_backbone()
+        self.teacher = make_teacher(self.student)
+
+    def modules(self):
+        return {"student": self.student, "teacher": self.teacher}
+
+    def teachers(self):
+        return {"teacher": (self.teacher, self.student, self.cfg.ema_momentum)}
+
+    def training_step(self, batch, step):
+        cfg = self.cfg
+        n_lb = batch.x_lb.shape[0]
+        x = torch.cat([batch.x_lb, input_noise(batch.x_ulb, cfg.noise_std, cfg.noise_clip)])
+        logits = self.student(x)
+        sup = supervised_loss(logits[:n_lb], batch.y_lb)
+        with torch.no_grad():
+            t_logits = self.teacher(input_noise(batch.x_ulb, cfg.noise_std, cfg.noise_clip))
+        cons = softmax_mse(logits[n_lb:], t_logits)
+        w = cfg.consistency * ramp(step, self.ctx.total_iterations, cfg.rampup)
+        return StepOutput(loss=sup + w * cons, unsup=cons,
+                          terms={"sup": float(sup), "consistency": float(cons), "w_cons": w})

@@ -1,0 +1,1 @@
+"""Published reference figures (data only); see README.md in this folder."""

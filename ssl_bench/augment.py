@@ -1,0 +1,129 @@
+"""Named, configurable augmentation pipelines on batches of 2D slices (B, C, H, W).
+
+* ``weak``: random 90-degree rotation, flips, a small free rotation and a random crop
+  (zoom), composed into one affine warp per sample; labels are warped with nearest sampling.
+* ``strong``: the weak geometry plus photometric changes (contrast and brightness),
+  as in the ACTION paper's Table 4 (student strong, teacher weak by default).
+
+``Augmenter.pair`` returns a weak and a strong view that share the same geometry, so that
+pixel-level consistency between them needs no inverse warp.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+WEAK_OPS = ("rot90", "flip", "rotate", "crop")
+STRONG_OPS = ("contrast", "brightness", "noise")
+
+
+@dataclass
+class AugmentConfig:
+    weak: list[str] = field(default_factory=lambda: ["rot90", "flip", "rotate", "crop"])
+    strong: list[str] = field(default_factory=lambda: ["contrast", "brightness"])
+    rotate_degrees: float = 20.0
+    crop_scale_min: float = 0.8  # crop side as a fraction of the image before resizing back
+    contrast: float = 0.3  # factor drawn from [1 - contrast, 1 + contrast]
+    brightness: float = 0.1  # shift drawn from [-brightness, brightness] x image std
+    noise_std: float = 0.05
+
+
+class Augmenter:
+    def __init__(self, cfg: AugmentConfig | None = None):
+        self.cfg = cfg or AugmentConfig()
+        for op in self.cfg.weak:
+            if op not in WEAK_OPS:
+                raise ValueError(f"unknown weak augmentation {op!r}; choose from {', '.join(WEAK_OPS)}")
+        for op in self.cfg.strong:
+            if op not in STRONG_OPS:
+                raise ValueError(f"unknown strong augmentation {op!r}; choose from {', '.join(STRONG_OPS)}")
+
+    # -- geometry ---------------------------------------------------------------------------
+    def random_affine(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, 2, 3) affine matrices for F.affine_grid."""
+        ops = set(self.cfg.weak)
+        g = generator
+
+        def rand(*shape):
+            return torch.rand(*shape, generator=g).to(device)
+
+        angle = torch.zeros(n, device=device)
+        if "rot90" in ops:
+            angle = angle + (torch.randint(0, 4, (n,), generator=g).to(device).float() * math.pi / 2)
+        if "rotate" in ops:
+            on = (rand(n) < 0.5).float()
+            angle = angle + on * (rand(n) * 2 - 1) * math.radians(self.cfg.rotate_degrees)
+        sx = torch.ones(n, device=device)
+        sy = torch.ones(n, device=device)
+        if "flip" in ops:
+            sx = torch.where(rand(n) < 0.5, -sx, sx)
+            sy = torch.where(rand(n) < 0.5, -sy, sy)
+        scale = torch.ones(n, device=device)
+        tx = torch.zeros(n, device=device)
+        ty = torch.zeros(n, device=device)
+        if "crop" in ops:
+            lo = self.cfg.crop_scale_min
+            scale = lo + (1 - lo) * rand(n)
+            tx = (rand(n) * 2 - 1) * (1 - scale)
+            ty = (rand(n) * 2 - 1) * (1 - scale)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.zeros(n, 2, 3, device=device)
+        theta[:, 0, 0] = cos * scale * sx
+        theta[:, 0, 1] = -sin * scale * sy
+        theta[:, 1, 0] = sin * scale * sx
+        theta[:, 1, 1] = cos * scale * sy
+        theta[:, 0, 2] = tx
+        theta[:, 1, 2] = ty
+        return theta
+
+    @staticmethod
+    def warp(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+    def weak(self, x: torch.Tensor, y: torch.Tensor | None = None,
+             generator: torch.Generator | None = None):
+        """Weakly augmented ``x`` (and ``y`` with the same warp). Returns (x, y)."""
+        if not self.cfg.weak or x.shape[0] == 0:
+            return x, y
+        theta = self.random_affine(x.shape[0], x.device, generator)
+        xw = self.warp(x, theta)
+        yw = None
+        if y is not None:
+            yw = self.warp(y[:, None].float(), theta, mode="nearest")[:, 0].round().long()
+        return xw, yw
+
+    # -- intensity --------------------------------------------------------------------------
+    def photometric(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if x.shape[0] == 0:
+            return x
+        n = x.shape[0]
+        shape = (n,) + (1,) * (x.dim() - 1)
+        dev = x.device
+        g = generator
+        out = x
+        mean = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
+        std = x.std(dim=tuple(range(1, x.dim())), keepdim=True).clamp_min(1e-6)
+        if "contrast" in self.cfg.strong:
+            c = 1 + (torch.rand(n, generator=g).to(dev) * 2 - 1) * self.cfg.contrast
+            out = (out - mean) * c.view(shape) + mean
+        if "brightness" in self.cfg.strong:
+            b = (torch.rand(n, generator=g).to(dev) * 2 - 1) * self.cfg.brightness
+            out = out + b.view(shape) * std
+        if "noise" in self.cfg.strong:
+            noise = torch.randn(x.shape, generator=g).to(dev) * self.cfg.noise_std
+            out = out + noise * std
+        return out
+
+    def strong(self, x: torch.Tensor, y: torch.Tensor | None = None,
+               generator: torch.Generator | None = None):
+        xw, yw = self.weak(x, y, generator)
+        return self.photometric(xw, generator), yw
+
+    def pair(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """(weak view, strong view) with the same geometry."""
+        xw, _ = self.weak(x, None, generator)
+        return xw, self.photometric(xw, generator)
