@@ -60,6 +60,12 @@ class Batch:
     x_ulb_raw: torch.Tensor
     x_lb_raw: torch.Tensor | None = None
     y_lb_raw: torch.Tensor | None = None
+    #: relative position of each slice in its volume, z / (Z - 1) in [0, 1] (GCL's partitions)
+    pos_lb: torch.Tensor | None = None
+    pos_ulb: torch.Tensor | None = None
+    #: index of the volume each slice comes from (distinct volumes have distinct indices)
+    case_lb: torch.Tensor | None = None
+    case_ulb: torch.Tensor | None = None
 
     @property
     def device(self):
@@ -132,6 +138,14 @@ class Method:
     def aux_parameters(self) -> dict[str, list[nn.Parameter]]:
         """Parameters stepped by their own optimisers (name -> parameters)."""
         return {}
+
+    def make_aux_optimizer(self, name: str, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """The optimiser for ``aux_parameters()[name]`` (default Adam, lr 1e-4)."""
+        return torch.optim.Adam(params, lr=1e-4)
+
+    def ablation_tag(self) -> str:
+        """Which ablation of the method this run is ("none" for the full method); logged as a tag."""
+        return "none"
 
     def predictor(self) -> nn.Module:
         """The network used at inference (image -> logits)."""

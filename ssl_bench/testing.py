@@ -30,7 +30,9 @@ def tiny_batch(n_lb=2, n_ulb=2, size=32, num_classes=4, seed=0):
     aug = Augmenter()
     xw, xs = aug.pair(x_ulb, g)
     return Batch(x_lb=x_lb, y_lb=y, x_ulb=xw, x_ulb_strong=xs, x_ulb_raw=x_ulb,
-                 x_lb_raw=x_lb.clone(), y_lb_raw=y.clone())
+                 x_lb_raw=x_lb.clone(), y_lb_raw=y.clone(),
+                 pos_lb=torch.linspace(0, 1, n_lb), pos_ulb=torch.linspace(0, 1, n_ulb),
+                 case_lb=torch.arange(n_lb), case_ulb=torch.arange(n_ulb) + n_lb)
 
 
 def tiny_setup(name: str, overrides: dict | None = None, size: int = 32, num_classes: int = 4,
