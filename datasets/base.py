@@ -36,6 +36,8 @@ class Case:
     image: np.ndarray  # (Z, Y, X) float32, normalised
     label: np.ndarray  # (Z, Y, X) uint8 class indices
     spacing: tuple[float, float, float]  # (z, y, x) in mm
+    #: provenance that does not fit the fields above (e.g. ACDC's raw frame number, source layout)
+    meta: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -96,6 +98,8 @@ class Dataset:
     default_image_size: int = 256
     #: the labeled-setting vocabulary of the paper's tables ("labeled" patients or "ratio")
     default_setting: str = "labeled"
+    #: the ``split`` that ``make_split`` uses unless told otherwise ("random", or e.g. ACDC's "field")
+    default_split: str = "random"
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
