@@ -1,0 +1,183 @@
+"""The ``ssl-bench`` command line.
+
+    ssl-bench run --method action --dataset lits --ratio 0.05
+    ssl-bench table --dataset acdc-phantom --with-published
+    ssl-bench methods | datasets | data prepare/info | bench anco | ui
+
+Every bad input (unknown method or dataset, ratio out of range, missing data, unknown --set key)
+ends with one line naming the problem and the fix, a non-zero exit, and nothing written.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="ssl-bench: reproducible benchmark of semi-supervised medical image segmentation.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _user_errors():
+    from ssl_bench.config import ConfigError
+    from ssl_bench.datasets.base import DataError
+    from ssl_bench.registry import RegistryError
+
+    return (ConfigError, DataError, RegistryError, ValueError, FileNotFoundError)
+
+
+@app.command()
+def run(
+    method: str = typer.Option(..., "--method", "-m", help="registered method (see `ssl-bench methods`)"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="registered dataset (see `ssl-bench datasets`)"),
+    labeled: Optional[int] = typer.Option(None, "--labeled", help="number of labeled training patients"),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="fraction of labeled training cases, in (0, 1]"),
+    split: str = typer.Option("default", "--split", help="split protocol: default (the dataset's), field, random"),
+    split_seed: int = typer.Option(0, "--split-seed", help="seed of the split and labeled subset"),
+    seed: int = typer.Option(0, "--seed", help="seed of the initialisation and sampling"),
+    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="total gradient steps (all stages)"),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="unet (default) or smp:<Arch>:<encoder>"),
+    set_: list[str] = typer.Option([], "--set", help="override a config value: key=value or method.key=value"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="data folder (default $SSL_BENCH_DATA or ./data)"),
+    results_root: Optional[Path] = typer.Option(None, "--results-root", help="results folder (default $SSL_BENCH_RESULTS or ./results/runs)"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite under the results root)"),
+    force: bool = typer.Option(False, "--force", help="start over even if the run dir holds a finished or partial run"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
+):
+    """Train and test one method on one dataset and labeled setting (resumes an interrupted run)."""
+    from ssl_bench import engine
+    from ssl_bench.config import parse_set_options
+    from ssl_bench.runconfig import RunSpec
+
+    try:
+        overrides = parse_set_options(set_)
+        if iterations is not None:
+            overrides["iterations"] = str(iterations)
+        if backbone is not None:
+            overrides["backbone"] = backbone
+        spec = RunSpec(method=method, dataset=dataset, labeled=labeled, ratio=ratio, split=split,
+                       split_seed=split_seed, seed=seed, overrides=overrides)
+        if labeled is not None and ratio is not None:
+            raise ValueError("give either --labeled or --ratio, not both")
+        if data_root is not None and not Path(data_root).exists() and "phantom" not in dataset:
+            raise FileNotFoundError(f"--data-root {data_root} does not exist; point it at the folder holding the {dataset} data")
+        prepared = engine.prepare(spec, engine.data_root(data_root), engine.results_root(results_root))
+    except _user_errors() as exc:
+        fail(str(exc))
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    console.print(f"[bold]{method}[/] on [bold]{dataset}[/] ({spec.setting}, seed {seed}, split seed {split_seed}): "
+                  f"{prepared.train_cfg.iterations} iterations at {prepared.image_size}px -> {prepared.run_dir}")
+    try:
+        result = engine.fit(prepared, tracking_uri=uri, progress=progress, force=force, console=console)
+    except engine.TrainingDiverged as exc:
+        fail(str(exc), code=1)
+    except _user_errors() as exc:
+        fail(str(exc))
+    if result.skipped:
+        console.print(f"already finished: {result.run_dir} (use --force to run again)")
+    _print_summary(result.metrics)
+
+
+def _print_summary(metrics: dict) -> None:
+    test = metrics.get("test", {})
+    if not test:
+        return
+    t = Table(title="test set (3D, per class; DSC %, ASD voxels)")
+    t.add_column("checkpoint")
+    t.add_column("class")
+    for col in ("DSC", "ASD", "HD95", "n"):
+        t.add_column(col, justify="right")
+    for ckpt, summary in test.items():
+        classes = summary.get("classes", {})
+        rows = list(classes.items()) + [("mean", summary.get("mean", {}))]
+        for cname, vals in rows:
+            t.add_row(ckpt, cname, _fmt(vals.get("dice"), 100), _fmt(vals.get("asd_vox")),
+                      _fmt(vals.get("hd95_vox")), str(vals.get("n", "")))
+    console.print(t)
+
+
+def _fmt(v, scale=1.0) -> str:
+    try:
+        return f"{float(v) * scale:.2f}"
+    except (TypeError, ValueError):
+        return "-"
+
+
+@app.command()
+def methods(pattern: str = typer.Argument("*", help="glob on the name")):
+    """List registered methods (built-in and plugins)."""
+    from ssl_bench.registry import METHODS
+
+    t = Table(title="methods")
+    for c in ("name", "description", "paper"):
+        t.add_column(c)
+    for e in METHODS.entries(pattern):
+        t.add_row(e.name, e.description, e.paper)
+    console.print(t)
+
+
+@app.command()
+def datasets(pattern: str = typer.Argument("*", help="glob on the name")):
+    """List registered datasets (built-in and plugins)."""
+    from ssl_bench.registry import DATASETS
+
+    t = Table(title="datasets")
+    for c in ("name", "description", "classes", "paper"):
+        t.add_column(c)
+    for e in DATASETS.entries(pattern):
+        t.add_row(e.name, e.description, ", ".join(getattr(e.obj, "class_names", [])[1:]), e.paper)
+    console.print(t)
+
+
+@app.command()
+def ui(
+    results_root: Optional[Path] = typer.Option(None, "--results-root"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+    port: int = typer.Option(5000, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+):
+    """Open the MLflow UI on the results store."""
+    from ssl_bench import engine, tracking
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(
+        engine.results_root(results_root))
+    console.print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C to stop")
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                                      "--host", host, "--port", str(port)]))
+
+
+def _mount() -> None:
+    here = Path(__file__).parent
+    if (here / "cli_data.py").exists():
+        from ssl_bench.cli_data import data_app
+
+        app.add_typer(data_app, name="data", help="prepare and inspect datasets")
+    if (here / "cli_bench.py").exists():
+        from ssl_bench.cli_bench import bench_app
+
+        app.add_typer(bench_app, name="bench", help="speed and memory benchmarks (written to results/)")
+    if (here / "cli_table.py").exists():
+        from ssl_bench import cli_table
+
+        if hasattr(cli_table, "table_command"):
+            app.command("table")(cli_table.table_command)
+        else:
+            app.add_typer(cli_table.table_app, name="table")
+
+
+_mount()
+
+if __name__ == "__main__":
+    app()

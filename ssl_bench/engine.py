@@ -1,0 +1,480 @@
+"""The one training loop shared by every method.
+
+``prepare(spec)`` validates everything (method, dataset, data, split, config) *before* anything
+is written; ``fit(run)`` then trains stage by stage:
+
+    for each stage of the method (its share of the iteration budget):
+        SGD (lr 0.01, momentum 0.9, wd 1e-4) over method.trainable_parameters(), poly decay 0.9
+        for each iteration: sample labeled + unlabeled slices -> augment -> method.training_step
+            -> backward (AMP optional) -> step -> auxiliary optimisers -> EMA hook
+            -> log, resumable checkpoint, validation (final stage: best-on-val checkpoint)
+    test the best-on-val and the last weights on the test split -> metrics.json, MLflow
+
+A run dir is resumable: a killed run restarts from ``checkpoints/latest.pt`` (stage, step,
+optimiser, RNG and method state); a finished run is skipped unless ``force``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssl_bench.augment import Augmenter
+from ssl_bench.datasets.base import DataError, Split, atomic_write_text
+from ssl_bench.registry import get_dataset_class, get_method_class
+from ssl_bench.runconfig import RunSpec, TrainConfig, config_hash, resolve, resolved_dict
+from ssl_bench.schedules import poly_lr
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# -- roots -----------------------------------------------------------------------------------
+def data_root(cli_value: str | Path | None = None) -> Path:
+    return Path(cli_value or os.environ.get("SSL_BENCH_DATA") or Path.cwd() / "data").expanduser()
+
+
+def results_root(cli_value: str | Path | None = None) -> Path:
+    return Path(cli_value or os.environ.get("SSL_BENCH_RESULTS") or Path.cwd() / "results" / "runs").expanduser()
+
+
+# -- preparation (no writes) -------------------------------------------------------------------
+@dataclass
+class PreparedRun:
+    spec: RunSpec
+    train_cfg: TrainConfig
+    method_cfg: Any
+    method_cls: type
+    dataset: Any
+    split: Split
+    image_size: int
+    run_dir: Path
+    resolved: dict
+    results_root: Path
+
+
+def prepare(spec: RunSpec, data_root_dir: Path, results_root_dir: Path) -> PreparedRun:
+    method_cls = get_method_class(spec.method)
+    dataset_cls = get_dataset_class(spec.dataset)
+    train_cfg, method_cfg = resolve(spec, method_cls)
+    if spec.ratio is not None and not 0 < spec.ratio <= 1:
+        raise ValueError(f"--ratio {spec.ratio} is out of range: use a fraction in (0, 1], e.g. 0.05")
+    if spec.labeled is not None and spec.labeled < 1:
+        raise ValueError(f"--labeled {spec.labeled} is out of range: give at least 1 labeled patient")
+    dataset = dataset_cls(data_root_dir)
+    split_kind = spec.split
+    kwargs = dict(labeled=spec.labeled, ratio=spec.ratio, split_seed=spec.split_seed)
+    if split_kind != "default":
+        kwargs["split"] = split_kind
+    split = dataset.make_split(**kwargs)
+    if not split.labeled:
+        raise DataError(f"the split of {spec.dataset} has no labeled training case; check --labeled/--ratio")
+    image_size = train_cfg.image_size or getattr(dataset, "default_image_size", 256)
+    resolved = resolved_dict(spec, train_cfg, method_cfg)
+    resolved["image_size"] = image_size
+    resolved["split_name"] = split.meta.get("split", split_kind)
+    abl = getattr(method_cfg, "ablation", "none")
+    name = spec.method if abl in ("none", None, "") else f"{spec.method}-{abl}"
+    run_dir = (results_root_dir / spec.dataset / spec.setting_slug / name /
+               f"seed{spec.seed}-split{spec.split_seed}-{config_hash(resolved)}")
+    return PreparedRun(spec, train_cfg, method_cfg, method_cls, dataset, split, image_size,
+                       run_dir, resolved, results_root_dir)
+
+
+# -- data sampling -----------------------------------------------------------------------------
+class SlicePool:
+    """Slices of some cases at training size, sampled uniformly with a seeded generator."""
+
+    def __init__(self, slice_set):
+        if isinstance(slice_set, tuple):
+            images, labels, case_index = slice_set[:3]
+            position = None
+        else:
+            images, labels = slice_set.images, slice_set.labels
+            case_index = slice_set.case_index
+            position = getattr(slice_set, "position", None)
+        self.images = images
+        self.labels = labels
+        self.case_index = np.asarray(case_index)
+        if position is None:  # relative z of each slice in its volume
+            position = np.zeros(len(self.case_index), np.float32)
+            for c in np.unique(self.case_index):
+                idx = np.nonzero(self.case_index == c)[0]
+                position[idx] = np.linspace(0, 1, len(idx)) if len(idx) > 1 else 0.0
+        self.position = np.asarray(position, np.float32)
+
+    def __len__(self):
+        return len(self.case_index)
+
+    def sample(self, n: int, g: torch.Generator):
+        idx = torch.randint(0, len(self), (n,), generator=g).numpy()
+        idx.sort()  # contiguous reads from memory-mapped caches
+        x = torch.from_numpy(np.asarray(self.images[idx], dtype=np.float32))[:, None]
+        y = torch.from_numpy(np.asarray(self.labels[idx]).astype(np.int64))
+        return x, y, torch.from_numpy(self.position[idx]), torch.from_numpy(self.case_index[idx].astype(np.int64))
+
+
+def _concat_slices(a, b):
+    """Concatenate two slice sets (UNet-F trains on labeled + unlabeled cases with labels)."""
+    pa, pb = SlicePool(a), SlicePool(b)
+    off = int(pa.case_index.max()) + 1 if len(pa) else 0
+    merged = SlicePool((np.concatenate([np.asarray(pa.images), np.asarray(pb.images)]),
+                        np.concatenate([np.asarray(pa.labels), np.asarray(pb.labels)]),
+                        np.concatenate([pa.case_index, pb.case_index + off])))
+    merged.position = np.concatenate([pa.position, pb.position])
+    return merged
+
+
+def make_batch(lb: SlicePool, ulb: SlicePool | None, cfg: TrainConfig, aug: Augmenter,
+               g: torch.Generator, device, need_unlabeled: bool):
+    from ssl_bench.methods.base import Batch
+
+    x_lb_raw, y_lb_raw, pos_lb, case_lb = lb.sample(cfg.labeled_bs, g)
+    x_lb, y_lb = aug.weak(x_lb_raw, y_lb_raw, g)
+    if need_unlabeled and ulb is not None and len(ulb):
+        x_u_raw, _, pos_u, case_u = ulb.sample(cfg.unlabeled_bs, g)  # labels of unlabeled are never used
+        case_u = case_u + 100_000  # distinct ids from labeled volumes
+    else:
+        x_u_raw = torch.zeros(0, 1, *x_lb_raw.shape[-2:])
+        pos_u = torch.zeros(0)
+        case_u = torch.zeros(0, dtype=torch.long)
+    x_w, x_s = aug.pair(x_u_raw, g)
+    t = lambda v: v.to(device, non_blocking=True)  # noqa: E731
+    return Batch(x_lb=t(x_lb), y_lb=t(y_lb), x_ulb=t(x_w), x_ulb_strong=t(x_s), x_ulb_raw=t(x_u_raw),
+                 x_lb_raw=t(x_lb_raw), y_lb_raw=t(y_lb_raw), pos_lb=t(pos_lb), pos_ulb=t(pos_u),
+                 case_lb=t(case_lb), case_ulb=t(case_u))
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--set device={name}: CUDA is not available on this machine; use device=cpu")
+    return dev
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def stage_iterations(stages, total: int) -> list[int]:
+    """Split ``total`` iterations by the stages' fractions (renormalised), summing to total."""
+    fr = np.array([max(s.fraction, 0.0) for s in stages], dtype=float)
+    fr = fr / fr.sum() if fr.sum() > 0 else np.full(len(stages), 1 / len(stages))
+    its = np.floor(fr * total).astype(int)
+    its[-1] += total - its.sum()
+    return [max(int(i), 1) for i in its]
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    return str(o)
+
+
+def _finite(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isfinite(v))
+
+
+# -- the loop ----------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    run_dir: Path
+    status: str
+    metrics: dict = field(default_factory=dict)
+    skipped: bool = False
+
+
+def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | None = None,
+        progress: bool = True, force: bool = False, console=None) -> FitResult:
+    from ssl_bench import tracking
+    from ssl_bench.evaluate import evaluate_cases
+
+    spec, cfg = run.spec, run.train_cfg
+    run_dir = run.run_dir
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.exists() and not force:
+        done = json.loads(metrics_path.read_text())
+        if done.get("status") == "finished":
+            return FitResult(run_dir, "finished", done, skipped=True)
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+
+    # the split is persisted once; a resumed run must see the same one
+    split_path = run_dir / "split.json"
+    if split_path.exists():
+        saved = Split.load(split_path)
+        if (saved.labeled, saved.unlabeled, saved.val, saved.test) != (
+                run.split.labeled, run.split.unlabeled, run.split.val, run.split.test):
+            raise DataError(f"{split_path} differs from the split computed now (data changed?); "
+                            "delete the run dir or use --force to start over")
+    else:
+        run.split.save(split_path)
+    write_json(run_dir / "config.json", run.resolved)
+
+    device = pick_device(cfg.device)
+    seed_everything(spec.seed, cfg.deterministic)
+    aug = Augmenter(cfg.augment)
+    from ssl_bench.methods.base import MethodContext
+
+    ctx = MethodContext(num_classes=run.dataset.num_classes, in_channels=1, backbone=cfg.backbone,
+                        image_size=run.image_size, total_iterations=cfg.iterations, augment=aug,
+                        generator=torch.Generator().manual_seed(spec.seed + 1))
+    method = run.method_cls(run.method_cfg, ctx).to(device)
+    stages = method.stages()
+    its = stage_iterations(stages, cfg.iterations)
+
+    # data: labeled / unlabeled slice pools at training size
+    size = run.image_size
+    lb_set = run.dataset.load_slices(run.split.labeled, size)
+    ulb_set = None
+    if method.fully_supervised:
+        lb_pool = _concat_slices(lb_set, run.dataset.load_slices(run.split.unlabeled, size))
+    else:
+        lb_pool = SlicePool(lb_set)
+    ulb_pool = None
+    if not method.supervised_only:
+        ulb_set = run.dataset.load_slices(run.split.unlabeled, size)
+        ulb_pool = SlicePool(ulb_set)
+        if not len(ulb_pool):
+            raise DataError(f"{spec.method} needs unlabeled data but the split has none; lower --labeled/--ratio")
+
+    tags = {
+        "method": spec.method, "dataset": spec.dataset, "setting": spec.setting,
+        "seed": str(spec.seed), "split_seed": str(spec.split_seed), "split": run.resolved["split_name"],
+        "ablation": method.ablation_tag(), "run_dir": str(run_dir),
+        "git_commit": tracking.git_commit(), "status": "running",
+    }
+    if hasattr(method, "augment_tag"):
+        tags["augment"] = method.augment_tag()
+    params = dict(run.resolved)
+    params["package_versions"] = tracking.package_versions()
+    write_json(run_dir / "tags.json", tags)
+    write_json(run_dir / "environment.json", {"git_commit": tags["git_commit"],
+                                              "package_versions": params["package_versions"],
+                                              "device": str(device)})
+    tracker = tracking.RunTracker(run_dir, tracking_uri or tracking.default_tracking_uri(run.results_root),
+                                  experiment or f"ssl-bench/{spec.dataset}",
+                                  f"{spec.method} {spec.setting} seed{spec.seed}", tags, params)
+    tracker.start()
+
+    amp = cfg.amp
+    use_scaler = amp and device.type == "cuda"
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    g = torch.Generator().manual_seed(spec.seed)
+    state = {"stage": 0, "step": 0, "best_val": -1.0, "best_step": None, "global_step": 0}
+    latest = run_dir / "checkpoints" / "latest.pt"
+    resume = torch.load(latest, map_location=device, weights_only=False) if latest.exists() else None
+    if resume is not None:
+        state.update(resume["state"])
+
+    console_print = console.print if console is not None else print
+    if resume is not None:
+        console_print(f"resuming {run_dir} at stage {stages[state['stage']].name}, step {state['step']}")
+
+    try:
+        for si in range(state["stage"], len(stages)):
+            stage = stages[si]
+            n_it = its[si]
+            method.set_stage(stage.name)
+            ctx.total_iterations = n_it
+            params_main = method.trainable_parameters()
+            opt = torch.optim.SGD(params_main, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            aux_opts = {k: method.make_aux_optimizer(k, v) for k, v in method.aux_parameters().items()}
+            start = 0
+            if resume is not None and resume["state"]["stage"] == si:
+                _load_modules(method, resume["modules"])
+                start = resume["state"]["step"]
+                if start > 0:  # mid-stage: the optimiser state belongs to this stage
+                    opt.load_state_dict(resume["optimizer"])
+                    for k, o in aux_opts.items():
+                        o.load_state_dict(resume["aux_optimizers"][k])
+                    scaler.load_state_dict(resume["scaler"])
+                g.set_state(resume["rng"]["sampler"])
+                torch.set_rng_state(resume["rng"]["torch"])
+                if ctx.generator is not None and "method" in resume["rng"]:
+                    ctx.generator.set_state(resume["rng"]["method"])
+                method.load_extra_state(resume.get("method_state", {}))
+                resume = None
+            final_stage = si == len(stages) - 1
+            method.train(True)
+            bar = _progress(progress, console, f"{spec.method} [{stage.name}]", n_it, start)
+            last_terms: dict[str, float] = {}
+            t0 = time.time()
+            for step in range(start, n_it):
+                lr = poly_lr(cfg.lr, step, n_it, cfg.poly_power)
+                for grp in opt.param_groups:
+                    grp["lr"] = lr
+                batch = make_batch(lb_pool, ulb_pool, cfg, aug, g, device, not method.supervised_only)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                    out = method.training_step(batch, step)
+                loss_val = float(out.loss.detach())
+                if not math.isfinite(loss_val):
+                    raise TrainingDiverged(
+                        f"loss became {loss_val} at stage {stage.name!r}, step {step} "
+                        f"(terms: {_fmt_terms(out.terms)}); lower --set lr=... or check the input data. "
+                        f"The run is marked failed; finished checkpoints in {run_dir / 'checkpoints'} are kept")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(out.loss).backward(retain_graph=bool(out.aux_losses))
+                scaler.step(opt)
+                for k, aux_loss in out.aux_losses.items():
+                    o = aux_opts[k]
+                    o.zero_grad(set_to_none=True)
+                    scaler.scale(aux_loss).backward()
+                    scaler.step(o)
+                scaler.update()
+                method.after_optimizer_step(step)
+                state.update(stage=si, step=step + 1)
+                state["global_step"] += 1
+                last_terms = {"loss": loss_val, **{k: float(v) for k, v in out.terms.items()}, "lr": lr}
+                prefix = "train/" if len(stages) == 1 else f"train/{stage.name}/"
+                if step % cfg.log_every == 0 or step == n_it - 1:
+                    tracker.log_metrics({prefix + k: v for k, v in last_terms.items()}, state["global_step"])
+                if bar is not None:
+                    bar.advance(loss_val)
+                do_val = final_stage and ((step + 1) % cfg.val_every == 0 or step == n_it - 1) and run.split.val
+                if do_val:
+                    res = evaluate_cases(method.predictor(), run.dataset, run.split.val, size, device,
+                                         progress=False)
+                    method.train(True)
+                    val_dice = float(res.summary["mean"]["dice"])
+                    tracker.log_metrics({"val/dice/mean": val_dice}, state["global_step"])
+                    if val_dice > state["best_val"]:
+                        state["best_val"], state["best_step"] = val_dice, state["global_step"]
+                        atomic_torch_save({"predictor": method.predictor().state_dict(),
+                                           "val_dice": val_dice, "step": state["global_step"]},
+                                          run_dir / "checkpoints" / "best.pt")
+                    if bar is not None:
+                        bar.note(f"val dice {val_dice:.3f} (best {state['best_val']:.3f})")
+                if (step + 1) % cfg.checkpoint_every == 0 or step == n_it - 1:
+                    nxt = dict(state)
+                    if step == n_it - 1:  # the next stage starts fresh
+                        nxt.update(stage=si + 1, step=0)
+                    _save_latest(latest, method, opt, aux_opts, scaler, g, ctx, nxt)
+            if bar is not None:
+                bar.close()
+            tracker.log_metrics({f"time/{stage.name}_seconds": time.time() - t0}, state["global_step"])
+        # -- test ------------------------------------------------------------------------------
+        atomic_torch_save({"predictor": method.predictor().state_dict(), "step": state["global_step"]},
+                          run_dir / "checkpoints" / "last.pt")
+        if not (run_dir / "checkpoints" / "best.pt").exists():
+            shutil.copyfile(run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt")
+        metrics = _test(run, method, device, tracker, progress)
+        metrics.update(status="finished", best_val_dice=state["best_val"], best_step=state["best_step"],
+                       iterations=cfg.iterations, stages={s.name: n for s, n in zip(stages, its)})
+        write_json(metrics_path, metrics)
+        tracker.log_final(metrics.get("flat", {}), [metrics_path, run_dir / "config.json", split_path,
+                                                    run_dir / "test_best_per_case.csv"])
+        tracker.set_status("finished")
+        return FitResult(run_dir, "finished", metrics)
+    except BaseException as exc:
+        msg = str(exc) if isinstance(exc, (TrainingDiverged, DataError)) else f"{type(exc).__name__}: {exc}"
+        try:
+            write_json(run_dir / "failure.json", {"status": "failed", "error": msg, "state": state})
+            tracker.set_status("failed", message=msg)
+        except Exception:
+            pass
+        raise
+
+
+def _test(run: PreparedRun, method, device, tracker, progress) -> dict:
+    from ssl_bench.evaluate import evaluate_cases, mlflow_metrics, write_eval
+
+    predictor = method.predictor()
+    flat: dict[str, float] = {}
+    out: dict[str, Any] = {"test": {}}
+    for ckpt in ("best", "last"):
+        state = torch.load(run.run_dir / "checkpoints" / f"{ckpt}.pt", map_location=device, weights_only=False)
+        predictor.load_state_dict(state["predictor"])
+        res = evaluate_cases(predictor, run.dataset, run.split.test, run.image_size, device, progress=progress)
+        write_eval(res, run.run_dir, f"test_{ckpt}")
+        out["test"][ckpt] = res.summary
+        flat.update(mlflow_metrics(res.summary, f"test/{ckpt}"))
+    out["flat"] = flat
+    return out
+
+
+def _load_modules(method, states: dict) -> None:
+    mods = method.modules()
+    for k, sd in states.items():
+        mods[k].load_state_dict(sd)
+
+
+def _save_latest(path, method, opt, aux_opts, scaler, g, ctx, state) -> None:
+    atomic_torch_save({
+        "modules": {k: m.state_dict() for k, m in method.modules().items()},
+        "optimizer": opt.state_dict(),
+        "aux_optimizers": {k: o.state_dict() for k, o in aux_opts.items()},
+        "scaler": scaler.state_dict(),
+        "rng": {"sampler": g.get_state(), "torch": torch.get_rng_state(),
+                **({"method": ctx.generator.get_state()} if ctx.generator is not None else {})},
+        "method_state": method.extra_state(),
+        "state": dict(state),
+    }, path)
+
+
+def _fmt_terms(terms: dict) -> str:
+    return ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()) or "none"
+
+
+class _Bar:
+    def __init__(self, console, desc, total, start):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[note]}"),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=console, transient=False)
+        self.task = self.progress.add_task(desc, total=total, completed=start, loss=float("nan"), note="")
+        self.progress.start()
+
+    def advance(self, loss):
+        self.progress.update(self.task, advance=1, loss=loss)
+
+    def note(self, text):
+        self.progress.update(self.task, note=text)
+
+    def close(self):
+        self.progress.stop()
+
+
+def _progress(enabled, console, desc, total, start):
+    return _Bar(console, desc, total, start) if enabled else None
