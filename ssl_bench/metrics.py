@@ -1,0 +1,242 @@
+"""3D segmentation metrics per case and per class: Dice, ASD, HD95 (and ASSD), and their aggregation.
+
+Definitions (identical to ``medpy.metric.binary`` with ``connectivity=1``, checked in the tests):
+
+* surface of a mask = its voxels that an erosion with the 6-neighbourhood (face connectivity)
+  removes; voxels on the volume border count as surface (the outside is background);
+* directed surface distances A -> B = for every surface voxel of A, the Euclidean distance to the
+  nearest surface voxel of B (exact distance transform, with the voxel spacing);
+* ``dice`` = 2 |P & L| / (|P| + |L|), a fraction in [0, 1];
+* ``asd`` = mean of the directed distances prediction -> label. This is ``medpy.metric.binary.asd
+  (pred, label)``, the "ASD" that SSL4MIS-derived code (ACTION, IPMI 2023, and the baselines of its
+  tables) reports; it is *directed*, not symmetric;
+* ``assd`` = mean of both directed distance sets pooled (``medpy...assd``; each surface voxel of
+  either mask weighs the same), the symmetric variant, reported beside ``asd`` so the two are
+  never confused;
+* ``hd95`` = 95th percentile (numpy's linear interpolation) of both directed distance sets pooled
+  (``medpy...hd95``), a symmetric measure.
+
+Every distance is given in voxels (spacing 1 on every axis, the unit of the paper's tables:
+``*_vox``) and in mm (the volume's spacing (z, y, x): ``*_mm``).
+
+Empty-mask policy (``POLICY``, the only one; every case/class falls in exactly one rule)::
+
+    rule           prediction  label      dice  asd / assd / hd95          aggregated?
+    -------------  ----------  ---------  ----  -------------------------  ------------------------
+    both_present   non-empty   non-empty  Dice  computed                   yes
+    both_empty     empty       empty      NaN   NaN                        no: left out of the class
+                                                                           mean (n counts it not)
+    pred_empty     empty       non-empty  0     volume diagonal            yes (a total miss)
+    label_empty    non-empty   empty      0     volume diagonal            yes (a pure false positive)
+
+The volume diagonal is the length of the whole grid, sqrt(sum_i (shape_i * spacing_i)^2)
+(spacing 1 for ``*_vox``). It is larger than any distance between two voxels of the volume, so a
+total miss or a hallucinated structure always scores worse than any prediction that overlaps the
+right structure, and never gets rewarded with a distance of 0 (SSL4MIS returns 0 there; a
+benchmark must not). A case where the class is absent and correctly not predicted carries no
+information on that class: it is left out rather than scored as a perfect 1 / 0 (which would
+inflate the mean); its count is reported as ``both_empty``.
+
+Aggregation (``aggregate``): for each foreground class, each metric's mean and std (population
+std, ddof=0) over the cases where it is defined (every rule but ``both_empty``), with ``n`` the
+number of those cases and the count of cases per rule. ``mean`` is the mean over foreground classes
+(classes with n = 0 left out) of those class means; its ``n`` is the number of cases that define at
+least one foreground class, and its ``<metric>_std`` is the std over those cases of each case's
+mean over its defined foreground classes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+RULE_BOTH_PRESENT = "both_present"
+RULE_BOTH_EMPTY = "both_empty"
+RULE_PRED_EMPTY = "pred_empty"
+RULE_LABEL_EMPTY = "label_empty"
+RULES = (RULE_BOTH_PRESENT, RULE_BOTH_EMPTY, RULE_PRED_EMPTY, RULE_LABEL_EMPTY)
+
+#: rules whose case is counted in a class mean (``n``)
+AGGREGATED_RULES = (RULE_BOTH_PRESENT, RULE_PRED_EMPTY, RULE_LABEL_EMPTY)
+
+POLICY_ID = "both_empty=excluded;one_empty=dice0+diagonal"
+POLICY = {
+    "id": POLICY_ID,
+    RULE_BOTH_PRESENT: "prediction and label non-empty: every metric computed",
+    RULE_BOTH_EMPTY: "prediction and label empty: every metric NaN, case left out of that class's means",
+    RULE_PRED_EMPTY: "prediction empty, label not: dice 0, asd/assd/hd95 = volume diagonal",
+    RULE_LABEL_EMPTY: "label empty, prediction not: dice 0, asd/assd/hd95 = volume diagonal",
+    "diagonal": "sqrt(sum_i (shape_i * spacing_i)^2), spacing 1 for *_vox",
+    "std": "population std (ddof=0) over the aggregated cases",
+    "mean": "mean over foreground classes (n > 0) of the per-class means",
+}
+
+#: the metrics of a case/class record, in table order
+METRICS = ("dice", "asd_vox", "hd95_vox", "asd_mm", "hd95_mm", "assd_vox", "assd_mm")
+_DISTANCES = ("asd", "assd", "hd95")
+
+# 6-neighbourhood in 3D: medpy's connectivity=1
+_FACE_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
+
+
+def volume_diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """Length of the whole grid, sqrt(sum (shape_i * spacing_i)^2): the penalty distance."""
+    return float(math.sqrt(sum((float(n) * float(s)) ** 2 for n, s in zip(shape, spacing))))
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` removed by one erosion with face connectivity (border = background)."""
+    return mask & ~ndimage.binary_erosion(mask, structure=_FACE_NEIGHBOURS, iterations=1)
+
+
+def _directed_distances(from_surface: np.ndarray, to_surface: np.ndarray,
+                        spacing: Sequence[float]) -> np.ndarray:
+    """Distance from every voxel of ``from_surface`` to the nearest voxel of ``to_surface``."""
+    # the exact EDT measures the distance to the nearest zero, so the target surface is the zeros
+    dist = ndimage.distance_transform_edt(~to_surface, sampling=np.asarray(spacing, np.float64))
+    return dist[from_surface].astype(np.float64)
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    coords = np.nonzero(mask)
+    return tuple(slice(int(c.min()), int(c.max()) + 1) for c in coords)
+
+
+def surface_distance_metrics(pred: np.ndarray, label: np.ndarray,
+                             spacing: Sequence[float]) -> dict[str, float]:
+    """ASD (pred -> label), ASSD and HD95 of two non-empty boolean masks, in the unit of ``spacing``."""
+    # Crop to the bounding box of both masks: every surface voxel lies inside it, the voxels cut
+    # away are background in both masks (so erosion at the crop edge is the same as in the full
+    # volume) and the EDT only measures distances to surface voxels, all kept. Results are
+    # identical to the uncropped computation and far cheaper on large CT volumes.
+    box = _bounding_box(pred | label)
+    pred_surface, label_surface = _surface(pred[box]), _surface(label[box])
+    pred_to_label = _directed_distances(pred_surface, label_surface, spacing)
+    label_to_pred = _directed_distances(label_surface, pred_surface, spacing)
+    both_ways = np.hstack((pred_to_label, label_to_pred))
+    return {
+        "asd": float(pred_to_label.mean()),
+        "assd": float(both_ways.mean()),
+        "hd95": float(np.percentile(both_ways, 95)),
+    }
+
+
+def dice_coefficient(pred: np.ndarray, label: np.ndarray) -> float:
+    """2 |P & L| / (|P| + |L|); NaN when both are empty (see the policy)."""
+    total = int(np.count_nonzero(pred)) + int(np.count_nonzero(label))
+    if total == 0:
+        return math.nan
+    return 2.0 * int(np.count_nonzero(pred & label)) / total
+
+
+def _check_inputs(pred: np.ndarray, label: np.ndarray, class_names: Sequence[str],
+                  spacing: Sequence[float]) -> tuple[float, ...]:
+    if pred.ndim != 3 or label.ndim != 3:
+        raise ValueError(f"case_metrics needs 3D (Z, Y, X) volumes; got prediction {pred.shape} and "
+                         f"label {label.shape}: drop batch/channel axes before calling it")
+    if pred.shape != label.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from label shape {label.shape}: "
+                         "resize the prediction back to the label grid first")
+    if len(class_names) < 2:
+        raise ValueError(f"class_names {list(class_names)} needs background plus at least one class")
+    spacing_t = tuple(float(s) for s in spacing)
+    if len(spacing_t) != 3 or not all(s > 0 and math.isfinite(s) for s in spacing_t):
+        raise ValueError(f"spacing {tuple(spacing)} must be three positive numbers (z, y, x) in mm")
+    for name, vol in (("prediction", pred), ("label", label)):
+        if vol.size and (vol.min() < 0 or vol.max() >= len(class_names)):
+            raise ValueError(f"{name} holds class indices {int(vol.min())}..{int(vol.max())} but "
+                             f"class_names has {len(class_names)} classes {list(class_names)}")
+    return spacing_t
+
+
+def case_metrics(pred: np.ndarray, label: np.ndarray, class_names: Sequence[str],
+                 spacing: Sequence[float]) -> dict:
+    """Metrics of one case for every foreground class (``class_names[1:]``).
+
+    ``pred`` and ``label``: (Z, Y, X) integer class indices on the same grid; ``spacing`` (z, y, x)
+    in mm. Returns ``{"shape": [...], "spacing": [...], "classes": {name: {"rule": ...,
+    "pred_voxels": int, "label_voxels": int, <METRICS>: float}}}`` (float64 values, NaN where the
+    policy leaves a metric undefined).
+    """
+    pred, label = np.asarray(pred), np.asarray(label)
+    spacing_mm = _check_inputs(pred, label, class_names, spacing)
+    units = {"vox": (1.0, 1.0, 1.0), "mm": spacing_mm}
+    classes = {}
+    for index, name in enumerate(class_names):
+        if index == 0:
+            continue
+        p, lab = pred == index, label == index
+        n_pred, n_label = int(np.count_nonzero(p)), int(np.count_nonzero(lab))
+        row: dict = {"rule": _rule(n_pred, n_label), "pred_voxels": n_pred, "label_voxels": n_label,
+                     "dice": dice_coefficient(p, lab)}
+        for unit, unit_spacing in units.items():
+            if row["rule"] == RULE_BOTH_PRESENT:
+                values = surface_distance_metrics(p, lab, unit_spacing)
+            elif row["rule"] == RULE_BOTH_EMPTY:
+                values = dict.fromkeys(_DISTANCES, math.nan)
+            else:
+                values = dict.fromkeys(_DISTANCES, volume_diagonal(pred.shape, unit_spacing))
+            for metric, value in values.items():
+                row[f"{metric}_{unit}"] = float(value)
+        classes[name] = {k: row[k] for k in ("rule", "pred_voxels", "label_voxels", *METRICS)}
+    return {"shape": list(pred.shape), "spacing": list(spacing_mm), "classes": classes}
+
+
+def _rule(n_pred: int, n_label: int) -> str:
+    if n_pred and n_label:
+        return RULE_BOTH_PRESENT
+    if not n_pred and not n_label:
+        return RULE_BOTH_EMPTY
+    return RULE_PRED_EMPTY if not n_pred else RULE_LABEL_EMPTY
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=0))
+
+
+def aggregate(per_case_records: Sequence[dict], class_names: Sequence[str]) -> dict:
+    """Summary over cases (see the module docstring for the exact definitions).
+
+    ``per_case_records``: dicts holding ``"classes"`` as returned by ``case_metrics`` (extra keys
+    such as ``case_id`` are ignored). Returns ``{"policy": POLICY_ID, "n_cases": int,
+    "classes": {name: {"n": int, <metric>: mean, <metric>_std: std, "counts": {rule: int}}},
+    "mean": {"n": int, <metric>: mean, <metric>_std: std, "counts": {rule: int}}}``.
+    """
+    foreground = list(class_names[1:])
+    classes: dict[str, dict] = {}
+    for name in foreground:
+        rows = []
+        for i, rec in enumerate(per_case_records):
+            if name not in rec.get("classes", {}):
+                raise ValueError(f"per-case record {i} ({rec.get('case_id', '?')}) has no class {name!r}; "
+                                 f"it has {sorted(rec.get('classes', {}))}: aggregate with the same "
+                                 "class_names as case_metrics")
+            rows.append(rec["classes"][name])
+        used = [r for r in rows if r["rule"] in AGGREGATED_RULES]
+        summary: dict = {"n": len(used)}
+        for metric in METRICS:
+            summary[metric], summary[f"{metric}_std"] = _mean_std([float(r[metric]) for r in used])
+        summary["counts"] = {rule: sum(r["rule"] == rule for r in rows) for rule in RULES}
+        classes[name] = summary
+
+    defined = [c for c in foreground if classes[c]["n"] > 0]
+    mean: dict = {}
+    # per case: mean over its defined foreground classes (for mean's n and std)
+    case_means = {metric: [] for metric in METRICS}
+    for rec in per_case_records:
+        rows = [rec["classes"][c] for c in foreground if rec["classes"][c]["rule"] in AGGREGATED_RULES]
+        if not rows:
+            continue  # no foreground class defined in this case: it is not in mean's n
+        for metric in METRICS:
+            case_means[metric].append(float(np.mean([float(r[metric]) for r in rows])))
+    mean["n"] = len(case_means["dice"])
+    for metric in METRICS:
+        mean[metric] = float(np.mean([classes[c][metric] for c in defined])) if defined else math.nan
+        mean[f"{metric}_std"] = _mean_std(case_means[metric])[1]
+    mean["counts"] = {rule: sum(classes[c]["counts"][rule] for c in foreground) for rule in RULES}
+    return {"policy": POLICY_ID, "n_cases": len(per_case_records), "classes": classes, "mean": mean}
