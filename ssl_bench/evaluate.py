@@ -1,0 +1,163 @@
+"""Test-time evaluation: slice-by-slice inference on 3D cases, metrics, reports, MLflow names.
+
+Inference follows the 2D protocol of the paper's tables (SSL4MIS, ACTION IPMI 2023): every axial
+slice is resized to the training size, segmented, and the class probabilities are resized back
+to the original slice grid before the argmax, so metrics are computed on the label's own grid
+(with its spacing for the mm metrics). Metrics and the empty-mask policy: ``ssl_bench.metrics``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_bench.datasets.base import atomic_write_text
+from ssl_bench.metrics import METRICS, POLICY, aggregate, case_metrics
+
+
+@dataclass
+class EvalResult:
+    """Per-case records (``case_metrics`` output plus ``case_id``) and their ``aggregate`` summary."""
+
+    records: list[dict]
+    summary: dict
+    class_names: list[str] = field(default_factory=list)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, C, H, W); identity when the size already matches."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def predict_volume(predictor: nn.Module | Callable[[torch.Tensor], torch.Tensor], image: np.ndarray, image_size: int, device,
+                   batch_size: int = 16) -> np.ndarray:
+    """Segment a (Z, Y, X) normalised volume slice by slice; returns (Z, Y, X) uint8 class indices.
+
+    Each slice is resized to ``image_size`` x ``image_size`` (bilinear), the network runs in eval
+    mode (its previous mode is restored afterwards), softmax probabilities are resized back to
+    (Y, X) (bilinear) and the argmax is taken there.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise ValueError(f"predict_volume needs a (Z, Y, X) volume, got shape {image.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size} must be at least 1")
+    depth, height, width = image.shape
+    # plain callables (test doubles, wrapped models) have no train/eval mode to switch
+    is_module = isinstance(predictor, nn.Module)
+    was_training = predictor.training if is_module else False
+    if is_module:
+        predictor.eval()
+    try:
+        labels = np.zeros((depth, height, width), dtype=np.uint8)
+        for start in range(0, depth, batch_size):
+            chunk = np.ascontiguousarray(image[start:start + batch_size], dtype=np.float32)
+            x = torch.from_numpy(chunk).to(device)[:, None]
+            logits = predictor(_resize(x, (image_size, image_size)))
+            if logits.ndim != 4 or logits.shape[0] != x.shape[0]:
+                raise ValueError(f"the predictor must map (B, 1, H, W) to (B, C, H, W) logits; "
+                                 f"got {tuple(logits.shape)} for input {tuple(x.shape)}")
+            if logits.shape[1] > 256:
+                raise ValueError(f"{logits.shape[1]} classes do not fit the uint8 label volume")
+            probs = _resize(logits.float().softmax(dim=1), (height, width))
+            labels[start:start + x.shape[0]] = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        return labels
+    finally:
+        if is_module:
+            predictor.train(was_training)
+
+
+def evaluate_cases(predictor: nn.Module, dataset, case_ids: Sequence[str], image_size: int, device,
+                   progress: bool = True) -> EvalResult:
+    """Predict and score every case of ``case_ids`` (``dataset.load_case(id)`` gives a ``Case``)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    class_names = list(dataset.class_names)
+    records = []
+    columns = (TextColumn("[bold]evaluating[/] {task.fields[case]}"), BarColumn(),
+               MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("evaluate", total=len(case_ids), case="")
+        for case_id in case_ids:
+            bar.update(task, case=case_id)
+            case = dataset.load_case(case_id)
+            pred = predict_volume(predictor, case.image, image_size, device)
+            if pred.shape != case.label.shape:
+                raise ValueError(f"case {case_id}: image {case.image.shape} and label {case.label.shape} "
+                                 "differ in shape; fix the dataset's load_case")
+            record = {"case_id": case_id, **case_metrics(pred, case.label, class_names, case.spacing)}
+            records.append(record)
+            bar.advance(task)
+    return EvalResult(records=records, summary=aggregate(records, class_names), class_names=class_names)
+
+
+def _json_safe(value):
+    """NaN/inf -> None (strict JSON), numpy scalars -> Python numbers, recursively."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def write_eval(result: EvalResult, out_dir: Path | str, prefix: str) -> tuple[Path, Path]:
+    """Write ``<prefix>_summary.json`` and ``<prefix>_per_case.csv`` atomically; returns both paths.
+
+    The JSON holds ``policy`` (the empty-mask rules), ``per_case`` (records), ``classes`` and
+    ``mean`` (the summary); NaN is written as ``null``. The CSV has one row per case and
+    foreground class: case_id, class, rule, voxel counts and every metric (empty cell = NaN).
+    """
+    out_dir = Path(out_dir)
+    summary = result.summary
+    doc = {"policy": POLICY, "n_cases": summary["n_cases"], "per_case": result.records,
+           "classes": summary["classes"], "mean": summary["mean"]}
+    json_path = out_dir / f"{prefix}_summary.json"
+    atomic_write_text(json_path, json.dumps(_json_safe(doc), indent=2, allow_nan=False) + "\n")
+
+    header = ["case_id", "class", "rule", "pred_voxels", "label_voxels", *METRICS]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for rec in result.records:
+        for name, row in rec["classes"].items():
+            cells = [rec.get("case_id", ""), name, row["rule"], row["pred_voxels"], row["label_voxels"]]
+            cells += ["" if math.isnan(row[m]) else repr(float(row[m])) for m in METRICS]
+            writer.writerow(cells)
+    csv_path = out_dir / f"{prefix}_per_case.csv"
+    atomic_write_text(csv_path, buf.getvalue())
+    return json_path, csv_path
+
+
+def mlflow_metrics(summary: dict, prefix: str) -> dict[str, float]:
+    """Flatten a summary to MLflow names ``<prefix>/<metric>/<class>`` and ``<prefix>/n/<class>``.
+
+    ``prefix`` is e.g. ``"test/best"``; class is a class name or ``mean``. Undefined (NaN) means
+    are left out (MLflow stores no NaN reliably); ``n`` is always present, 0 when nothing was
+    aggregated.
+    """
+    prefix = prefix.rstrip("/")
+    out: dict[str, float] = {}
+    groups = [*summary["classes"].items(), ("mean", summary["mean"])]
+    for name, stats in groups:
+        out[f"{prefix}/n/{name}"] = float(stats["n"])
+        for metric in METRICS:
+            value = float(stats[metric])
+            if math.isfinite(value):
+                out[f"{prefix}/{metric}/{name}"] = value
+    return out
