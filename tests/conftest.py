@@ -14,3 +14,40 @@ def _isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("SSL_BENCH_RESULTS", str(tmp_path / "results"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     torch.manual_seed(0)
+
+
+# -- a tiny in-memory dataset for engine and CLI tests ----------------------------------------
+import numpy as np  # noqa: E402
+
+from ssl_bench.datasets.base import Case, CaseRef, Dataset  # noqa: E402
+from ssl_bench.registry import DATASETS, register_dataset  # noqa: E402
+
+
+def _tiny_volume(i: int, size: int = 24, depth: int = 4):
+    rng = np.random.default_rng(i)
+    yy, xx = np.mgrid[:size, :size]
+    label = np.zeros((depth, size, size), np.uint8)
+    image = rng.normal(0, 0.1, (depth, size, size)).astype(np.float32)
+    for z in range(depth):
+        cy, cx, r = size / 2 + rng.integers(-2, 3), size / 2 + rng.integers(-2, 3), 5 + z % 2
+        d = np.hypot(yy - cy, xx - cx)
+        label[z][d < r + 3] = 1
+        label[z][d < r] = 2
+        image[z] += label[z] * 0.5
+    return image, label
+
+
+if "tiny-test" not in DATASETS._entries:
+    @register_dataset("tiny-test", description="12 tiny synthetic volumes (tests only)")
+    class TinyTestDataset(Dataset):
+        class_names = ["background", "ring", "core"]
+        default_image_size = 24
+        reference_name = None
+
+        def cases(self):
+            return [CaseRef(f"case{i:02d}", f"p{i:02d}", "test" if i >= 9 else "") for i in range(12)]
+
+        def load_case(self, case_id):
+            i = int(case_id[4:])
+            image, label = _tiny_volume(i)
+            return Case(case_id, f"p{i:02d}", image, label, (5.0, 1.5, 1.5))

@@ -1,0 +1,149 @@
+"""The shared training loop: outputs, resume after a crash, divergence, determinism."""
+import json
+
+import pytest
+import torch
+
+from ssl_bench import engine
+from ssl_bench.runconfig import RunSpec
+
+FAST = {"iterations": "6", "labeled_bs": "2", "unlabeled_bs": "2", "val_every": "3",
+        "checkpoint_every": "2", "log_every": "1", "eval_batch_size": "4"}
+
+
+def _prepare(tmp_path, method="mt", seed=0, split_seed=0, labeled=2, **extra):
+    spec = RunSpec(method=method, dataset="tiny-test", labeled=labeled, seed=seed, split_seed=split_seed,
+                   overrides={**FAST, **extra})
+    return engine.prepare(spec, tmp_path / "data", tmp_path / "results")
+
+
+def test_fit_writes_run_dir_and_tests_best_and_last(tmp_path):
+    run = _prepare(tmp_path)
+    res = engine.fit(run, progress=False)
+    d = res.run_dir
+    assert res.status == "finished"
+    for name in ("config.json", "split.json", "log.jsonl", "metrics.json", "tags.json",
+                 "checkpoints/best.pt", "checkpoints/last.pt", "checkpoints/latest.pt"):
+        assert (d / name).exists(), name
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"best", "last"}
+    assert 0.0 <= metrics["test"]["last"]["mean"]["dice"] <= 1.0
+    assert metrics["flat"]["test/best/n/mean"] == 3  # three test cases
+    split = json.loads((d / "split.json").read_text())
+    assert len(split["labeled"]) == 2 and not set(split["labeled"]) & set(split["unlabeled"])
+    config = json.loads((d / "config.json").read_text())
+    assert config["train"]["iterations"] == 6 and config["method_config"]["consistency"] == 0.1
+    steps = [json.loads(line)["step"] for line in (d / "log.jsonl").read_text().splitlines()]
+    assert max(steps) == 6
+    again = engine.fit(_prepare(tmp_path), progress=False)
+    assert again.skipped
+
+
+def test_killed_run_resumes_from_checkpoint(tmp_path, monkeypatch):
+    from ssl_bench.methods.mt import MeanTeacher
+
+    original = MeanTeacher.training_step
+    calls = {"n": 0}
+
+    def crashing(self, batch, step):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("killed")
+        return original(self, batch, step)
+
+    monkeypatch.setattr(MeanTeacher, "training_step", crashing)
+    run = _prepare(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        engine.fit(run, progress=False)
+    latest = torch.load(run.run_dir / "checkpoints" / "latest.pt", weights_only=False)
+    assert latest["state"]["step"] == 4  # checkpoint_every=2: steps 2 and 4 were saved
+    assert not (run.run_dir / "metrics.json").exists()
+    monkeypatch.setattr(MeanTeacher, "training_step", original)
+    seen = []
+    monkeypatch.setattr(MeanTeacher, "training_step",
+                        lambda self, b, s: (seen.append(s), original(self, b, s))[1])
+    res = engine.fit(_prepare(tmp_path), progress=False)
+    assert res.status == "finished" and seen == [4, 5]
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+    full = engine.fit(_prepare(tmp_path / "a"), progress=False)
+    from ssl_bench.methods.mt import MeanTeacher
+
+    original = MeanTeacher.training_step
+
+    def crash_at_4(self, batch, step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return original(self, batch, step)
+
+    monkeypatch.setattr(MeanTeacher, "training_step", crash_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        engine.fit(_prepare(tmp_path / "b"), progress=False)
+    monkeypatch.setattr(MeanTeacher, "training_step", original)
+    resumed = engine.fit(_prepare(tmp_path / "b"), progress=False)
+    a = torch.load(full.run_dir / "checkpoints" / "last.pt", weights_only=False)["predictor"]
+    b = torch.load(resumed.run_dir / "checkpoints" / "last.pt", weights_only=False)["predictor"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+def test_non_finite_loss_fails_the_run_and_keeps_checkpoints(tmp_path, monkeypatch):
+    from ssl_bench.methods.mt import MeanTeacher
+
+    original = MeanTeacher.training_step
+
+    def nan_at_3(self, batch, step):
+        out = original(self, batch, step)
+        if step == 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(MeanTeacher, "training_step", nan_at_3)
+    run = _prepare(tmp_path)
+    with pytest.raises(engine.TrainingDiverged, match="stage 'train', step 3"):
+        engine.fit(run, progress=False)
+    failure = json.loads((run.run_dir / "failure.json").read_text())
+    assert failure["status"] == "failed"
+    assert (run.run_dir / "checkpoints" / "latest.pt").exists()
+    assert not (run.run_dir / "metrics.json").exists()
+    assert json.loads((run.run_dir / "tags.json").read_text())["method"] == "mt"
+
+
+def test_seed_and_split_seed_are_independent(tmp_path):
+    a = _prepare(tmp_path, seed=0, split_seed=0)
+    b = _prepare(tmp_path, seed=1, split_seed=0)
+    c = _prepare(tmp_path, seed=0, split_seed=1)
+    assert a.split.labeled == b.split.labeled
+    assert a.split.labeled != c.split.labeled or a.split.val != c.split.val
+    assert a.run_dir != b.run_dir != c.run_dir
+
+
+def test_same_seed_gives_identical_results(tmp_path):
+    r1 = engine.fit(_prepare(tmp_path / "x"), progress=False)
+    r2 = engine.fit(_prepare(tmp_path / "y"), progress=False)
+    assert r1.metrics["flat"] == r2.metrics["flat"]
+
+
+def test_unet_f_trains_on_every_training_case(tmp_path, monkeypatch):
+    seen = {}
+    original = engine.SlicePool.__init__
+
+    def spy(self, s):
+        original(self, s)
+        seen.setdefault("sizes", []).append(len(self))
+
+    monkeypatch.setattr(engine.SlicePool, "__init__", spy)
+    run = _prepare(tmp_path, method="unet-f")
+    engine.fit(run, progress=False)
+    n_train = len(run.split.labeled) + len(run.split.unlabeled)
+    assert max(seen["sizes"]) == 4 * n_train  # 4 slices per tiny volume
+
+
+def test_unknown_override_key_is_an_error(tmp_path):
+    from ssl_bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown train config key"):
+        _prepare(tmp_path, iterationz="3")
+    with pytest.raises(ConfigError, match="unknown method mt config key"):
+        _prepare(tmp_path, **{"method.consistancy": "3"})
