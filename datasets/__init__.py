@@ -1,2 +1,3 @@
 """Built-in datasets (installed as ``ssl_bench.datasets``). Importing registers them."""
 from .base import Case, CaseRef, DataError, Dataset, Split  # noqa: F401
+from . import acdc, phantom  # noqa: F401,E402  (registers "acdc", "acdc-phantom")

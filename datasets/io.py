@@ -61,7 +61,8 @@ def read_nifti(path: Path | str) -> tuple[np.ndarray, tuple[float, float, float]
     if len(zooms) < 3 or not all(np.isfinite(z) and z > 0 for z in zooms[:3]):
         raise DataError(f"{path}: invalid voxel spacing {zooms} in the header; fix the header "
                         f"(pixdim) of this file")
-    spacing = (zooms[2], zooms[1], zooms[0])
+    # headers hold float32: round so that 1.54 reads back as 1.54, not 1.5399999618530273
+    spacing = tuple(round(z, 6) for z in (zooms[2], zooms[1], zooms[0]))
     return np.ascontiguousarray(data.transpose(2, 1, 0)), spacing, affine
 
 
