@@ -110,39 +110,54 @@ def _frame_number(info: dict[str, str], key: str, cfg: Path) -> int:
                         f"restore this file from the ACDC release") from None
 
 
-def index_raw(base: Path) -> dict[str, _Source]:
-    """Index ``<base>/training`` and ``<base>/testing`` (challenge release layout)."""
+def _raw_patient(pdir: Path, folder: str) -> list[_Source]:
+    """The ED and ES sources of one patient folder of the raw release."""
+    patient = pdir.name
+    cfg = pdir / "Info.cfg"
+    if not cfg.is_file():
+        raise DataError(f"{pdir}: Info.cfg is missing (it names the ED and ES frames); "
+                        f"restore the complete patient folder from the ACDC release")
+    info = _read_info_cfg(cfg)
+    frames = {phase: _frame_number(info, phase, cfg) for phase in PHASE_FRAMES}
+    if frames["ED"] == frames["ES"]:
+        raise DataError(f"{cfg}: ED and ES name the same frame ({frames['ED']}); "
+                        f"restore this file from the ACDC release")
+    out = []
+    for phase, field_frame in PHASE_FRAMES.items():
+        stem = f"{patient}_frame{frames[phase]:02d}"
+        image, label = _nifti_in(pdir, stem), _nifti_in(pdir, f"{stem}_gt")
+        for what, path, suffix in (("image", image, ""), ("label", label, "_gt")):
+            if path is None:
+                raise DataError(f"{pdir}: the {phase} {what} {stem}{suffix}.nii.gz is missing "
+                                f"(Info.cfg says {phase}: {frames[phase]}); restore the "
+                                f"complete patient folder from the ACDC release")
+        out.append(_Source(f"{patient}_{field_frame}", patient, "raw", image, label, phase,
+                           frames[phase], folder))
+    return out
+
+
+def index_raw(base: Path, errors: list[DataError] | None = None) -> dict[str, _Source]:
+    """Index ``<base>/training`` and ``<base>/testing`` (challenge release layout).
+
+    A damaged patient folder raises, or, when ``errors`` is given, is recorded there and skipped.
+    """
     sources: dict[str, _Source] = {}
     for folder in ("training", "testing"):
         sub = base / folder
         if not sub.is_dir():
             continue
         for pdir in sorted(p for p in sub.iterdir() if p.is_dir() and _PATIENT_DIR.match(p.name)):
-            patient = pdir.name
-            cfg = pdir / "Info.cfg"
-            if not cfg.is_file():
-                raise DataError(f"{pdir}: Info.cfg is missing (it names the ED and ES frames); "
-                                f"restore the complete patient folder from the ACDC release")
-            info = _read_info_cfg(cfg)
-            frames = {phase: _frame_number(info, phase, cfg) for phase in PHASE_FRAMES}
-            if frames["ED"] == frames["ES"]:
-                raise DataError(f"{cfg}: ED and ES name the same frame ({frames['ED']}); "
-                                f"restore this file from the ACDC release")
-            for phase, field_frame in PHASE_FRAMES.items():
-                stem = f"{patient}_frame{frames[phase]:02d}"
-                image = _nifti_in(pdir, stem)
-                label = _nifti_in(pdir, f"{stem}_gt")
-                for what, path in (("image", image), ("label", label)):
-                    if path is None:
-                        suffix = "" if what == "image" else "_gt"
-                        raise DataError(f"{pdir}: the {phase} {what} {stem}{suffix}.nii.gz is missing "
-                                        f"(Info.cfg says {phase}: {frames[phase]}); restore the "
-                                        f"complete patient folder from the ACDC release")
-                cid = f"{patient}_{field_frame}"
-                if cid in sources:
-                    raise DataError(f"{pdir}: {patient} appears in both training/ and testing/ under "
-                                    f"{base}; keep one copy")
-                sources[cid] = _Source(cid, patient, "raw", image, label, phase, frames[phase], folder)
+            try:
+                found = _raw_patient(pdir, folder)
+                if found[0].case_id in sources:
+                    raise DataError(f"{pdir}: {pdir.name} appears in both training/ and testing/ "
+                                    f"under {base}; keep one copy")
+            except DataError as exc:
+                if errors is None:
+                    raise
+                errors.append(exc)
+                continue
+            sources.update((s.case_id, s) for s in found)
     return sources
 
 
@@ -227,7 +242,37 @@ class ACDC(Dataset):
                             f"check the download/extraction")
         return sources
 
+    def scan(self) -> tuple[list[CaseRef], list[DataError]]:
+        """Every usable case and every damaged patient folder (``cases()`` stops at the first)."""
+        try:
+            layout, base = self.location
+        except DataError as exc:
+            return [], [exc]
+        if layout != "raw":  # the h5 index has no per-patient structure to get wrong
+            try:
+                return self.cases(), []
+            except DataError as exc:
+                return [], [exc]
+        errors: list[DataError] = []
+        subsets = self._field_subsets()
+        refs = [CaseRef(s.case_id, s.patient_id, subsets.get(s.patient_id, ""))
+                for s in index_raw(base, errors).values()]
+        return refs, errors
+
+    def source_files(self, case_id: str) -> list[Path] | None:
+        """The files ``load_case(case_id)`` reads (keys the slice cache)."""
+        src = self._sources.get(case_id)
+        if src is None:
+            return None
+        if src.layout == "raw":
+            return [src.image, src.label]
+        return [src.image] if src.image.is_file() or not src.slices else list(src.slices)
+
+    def preprocessing_key(self) -> str:
+        return "acdc: per-volume min-max to [0, 1] float32, labels uint8 0..3 (v1)"
+
     def _field_subsets(self) -> dict[str, str]:
+        """patient -> its role in the field split (the protocol's fixed partition)."""
         subsets = {}
         for subset in ("train", "val", "test"):
             for p in patients_in_order(read_field_list(subset)):
@@ -301,10 +346,9 @@ class ACDC(Dataset):
                           if cid not in available})
         if missing:
             layout, base = self.location
-            shown = ", ".join(missing[:20]) + (f" ... ({len(missing)} in all)" if len(missing) > 20 else "")
-            raise DataError(f"the ACDC data at {base} ({layout} layout) lacks patients that the field "
-                            f"split needs (both ED and ES frames): {shown}. Use the complete ACDC "
-                            f"training set (patients 001-100)")
+            raise DataError(f"the ACDC data at {base} ({layout} layout) lacks {len(missing)} patients "
+                            f"that the field split needs (both ED and ES frames): {', '.join(missing)}. "
+                            f"Use the complete ACDC training set (patients 001-100)")
         train_patients = patients_in_order(lists["train"])
         order = field_labeled_order()
         if set(order) != set(train_patients):

@@ -40,7 +40,7 @@ from scipy.ndimage import gaussian_filter
 from ssl_bench.registry import register_dataset
 
 from .acdc import ACDC
-from .base import CaseRef, DataError, Split, select_count
+from .base import DataError, Split, select_count
 from .io import write_nifti
 
 PHANTOM_VERSION = 1
@@ -184,9 +184,9 @@ def generate_patient(index: int) -> dict:
     }
 
 
-def write_phantom(folder: Path, n_patients: int = N_PATIENTS) -> None:
-    """Write the phantom in ACDC's raw layout under ``folder/training``."""
-    for index in range(1, n_patients + 1):
+def write_phantom(folder: Path, n_patients: int | None = None) -> None:
+    """Write the phantom (``N_PATIENTS`` patients) in ACDC's raw layout under ``folder/training``."""
+    for index in range(1, (n_patients or N_PATIENTS) + 1):
         patient = f"patient{index:03d}"
         pdir = folder / "training" / patient
         pdir.mkdir(parents=True)
@@ -249,8 +249,11 @@ class ACDCPhantom(ACDC):
     def _data_folder(self) -> Path:
         return ensure_phantom(self.root)
 
-    def cases(self) -> list[CaseRef]:
-        return [CaseRef(s.case_id, s.patient_id, "") for s in self._sources.values()]
+    def _field_subsets(self) -> dict[str, str]:
+        return {}  # no fixed partition: every patient is free (see make_split)
+
+    def preprocessing_key(self) -> str:
+        return f"{super().preprocessing_key()}; phantom v{PHANTOM_VERSION}"
 
     def make_split(self, labeled: int | None = None, ratio: float | None = None,
                    split: str = "random", split_seed: int = 0, val_fraction: float = 0.1,

@@ -1,0 +1,124 @@
+"""acdc-phantom: deterministic, atomic generation in ACDC's raw layout, plausible anatomy, its split."""
+from __future__ import annotations
+
+import filecmp
+
+import numpy as np
+import pytest
+
+from ssl_bench.datasets import phantom
+from ssl_bench.datasets.base import DataError
+from ssl_bench.datasets.phantom import ACDCPhantom, ensure_phantom, generate_patient, write_phantom
+from ssl_bench.registry import get_dataset_class
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory) -> ACDCPhantom:
+    return get_dataset_class("acdc-phantom")(tmp_path_factory.mktemp("data"))
+
+
+def test_generated_in_raw_acdc_layout_on_first_use(ds):
+    folder = ds.location[1]
+    assert folder == (ds.root / "acdc-phantom").resolve() and ds.location[0] == "raw"
+    refs = ds.cases()
+    assert len(refs) == 60 and len({r.patient_id for r in refs}) == 30
+    assert {r.subset for r in refs} == {""}
+    info = (folder / "training" / "patient001" / "Info.cfg").read_text()
+    es = int(info.split("ES:")[1].split()[0])
+    assert (folder / "training" / "patient001" / f"patient001_frame{es:02d}_gt.nii.gz").is_file()
+    case = ds.load_case("patient001_frame02")
+    assert case.meta["raw_frame"] == es and case.meta["phase"] == "ES"
+    assert 8 <= case.image.shape[0] <= 12 and case.image.shape[1:] == (112, 112)
+    assert case.image.min() == 0.0 and case.image.max() == 1.0 and case.image.dtype == np.float32
+    assert case.spacing[0] in (5.0, 6.5, 8.0, 10.0) and 1.3 <= case.spacing[1] == case.spacing[2] <= 1.7
+
+
+def test_attributes():
+    assert ACDCPhantom.reference_name == "acdc" and ACDCPhantom.default_image_size == 112
+    assert ACDCPhantom.class_names == ["background", "RV", "Myo", "LV"]
+    assert ACDCPhantom.default_setting == "labeled" and ACDCPhantom.default_split == "random"
+
+
+def test_generation_is_deterministic(tmp_path):
+    write_phantom(tmp_path / "a", n_patients=2)
+    write_phantom(tmp_path / "b", n_patients=2)
+    cmp = filecmp.dircmp(tmp_path / "a" / "training", tmp_path / "b" / "training")
+    assert cmp.left_only == cmp.right_only == [] and len(cmp.common_dirs) == 2
+    for sub in cmp.common_dirs:
+        names = sorted(p.name for p in (tmp_path / "a" / "training" / sub).iterdir())
+        match, mismatch, errors = filecmp.cmpfiles(tmp_path / "a" / "training" / sub,
+                                                   tmp_path / "b" / "training" / sub, names, shallow=False)
+        assert mismatch == errors == [] and len(match) == 5
+    p, q = generate_patient(3), generate_patient(4)
+    assert not np.array_equal(p["ED"][1][0], q["ED"][1][0])  # patients differ
+
+
+def test_all_classes_with_background_dominant(ds):
+    counts = np.zeros(4)
+    for ref in ds.cases()[::5]:
+        counts += np.bincount(ds.load_case(ref.case_id).label.ravel(), minlength=4)
+    fractions = counts / counts.sum()
+    assert fractions[0] > 0.85
+    assert all(0.003 < f < 0.08 for f in fractions[1:])
+
+
+def test_anatomy_es_smaller_cavities_and_rv_gone_at_apex():
+    for index in (1, 7, 19):
+        p = generate_patient(index)
+        (ed_img, ed), (es_img, es) = p["ED"], p["ES"]
+        assert (es == 3).sum() < 0.8 * (ed == 3).sum()  # LV cavity shrinks at ES
+        assert (es == 1).sum() < (ed == 1).sum()
+        assert (ed[-1] == 1).sum() == 0  # no RV in the apical slice
+        assert (ed[0] == 3).sum() > (ed[-2] == 3).sum()  # base larger than apex
+        assert ed_img.dtype == np.int16 and ed_img.max() > 100  # scanner-like intensity range
+        blood, myo = ed_img[ed == 3].mean(), ed_img[ed == 2].mean()
+        assert blood > 1.5 * myo  # bright blood pool, dark myocardium
+
+
+def test_split_seed0_partition_is_the_documented_one(ds):
+    s = ds.make_split(labeled=3)
+    patients = lambda ids: sorted({i.split("_")[0] for i in ids})  # noqa: E731
+    assert patients(s.test) == [f"patient{i:03d}" for i in (1, 4, 6, 11, 18, 19)]
+    assert patients(s.val) == [f"patient{i:03d}" for i in (8, 15, 27, 30)]
+    assert s.meta["labeled_patients"] == ["patient021", "patient026", "patient022"]
+    assert len(patients(s.labeled)) == 3 and len(patients(s.unlabeled)) == 17
+    assert len(s.labeled) == 6 and len(s.test) == 12 and len(s.val) == 8
+    everything = s.labeled + s.unlabeled + s.val + s.test
+    assert len(everything) == len(set(everything)) == 60
+    other = ds.make_split(labeled=3, split_seed=1)
+    assert patients(other.test) != patients(s.test)
+    assert ds.make_split(labeled=3).labeled == s.labeled
+    with pytest.raises(ValueError, match="field"):
+        ds.make_split(labeled=3, split="field")
+
+
+def test_interrupted_generation_leaves_nothing_then_regenerates(tmp_path, monkeypatch):
+    real_write = phantom.write_nifti
+    calls = {"n": 0}
+
+    def failing_write(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # a killed generation
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(phantom, "write_nifti", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_phantom(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(phantom, "write_nifti", real_write)
+    monkeypatch.setattr(phantom, "N_PATIENTS", 2)  # keep this test fast
+    folder = ensure_phantom(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acdc-phantom"]
+    assert len(list((folder / "training").iterdir())) == 2
+    stamp = (folder / phantom.MARKER).stat().st_mtime_ns
+    assert ensure_phantom(tmp_path) == folder and (folder / phantom.MARKER).stat().st_mtime_ns == stamp
+    assert ensure_phantom(folder) == folder  # the phantom folder itself is accepted as root
+
+
+def test_foreign_folder_is_not_overwritten(tmp_path):
+    (tmp_path / "acdc-phantom").mkdir()
+    (tmp_path / "acdc-phantom" / "mine.txt").write_text("keep")
+    with pytest.raises(DataError, match="not an ssl-bench phantom"):
+        ACDCPhantom(tmp_path).cases()
+    assert (tmp_path / "acdc-phantom" / "mine.txt").read_text() == "keep"
