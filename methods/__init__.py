@@ -7,3 +7,4 @@ from .base import Batch, Method, MethodContext, Stage, StepOutput  # noqa: F401
 
 from . import supervised  # noqa: F401,E402
 from . import mt  # noqa: F401,E402
+from . import action  # noqa: F401,E402

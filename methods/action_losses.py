@@ -1,0 +1,180 @@
+"""Losses and active sampling of ACTION (You et al., "Bootstrapping Semi-supervised Medical Image
+Segmentation with Anatomical-aware Contrastive Distillation", IPMI 2023). Plain functions.
+
+Contrastive distillation (Eq. 1-3). The teacher's and the student's similarities to a set of
+anchors a_1..a_n become distributions
+
+    p_t(j) = softmax_j(cos(z_t, a_j) / tau_t),   p_s(j) = softmax_j(cos(z*_s, a_j) / tau_s)
+
+and the loss is KL(p_t || p_s). The "-log" printed in front of the fractions of Eq. 1 and 2 is a
+typo: those are softmax probabilities (the KL of Eq. 3 is taken between distributions; ISD,
+which the paper follows, defines them the same way).
+
+AnCo (Eq. 4-7). For every class c present in the batch: queries r_q are pixel embeddings of
+class c, the positive key r^{c,+} is the mean embedding of class c (Eq. 5), negative keys are
+pixel embeddings of other classes, drawn class by class with probabilities
+softmax_{v != c}(G[c, v]) over the class-relation graph G[p, q] = r^{p,+} . r^{q,+} (Eq. 6);
+queries are the *hard* pixels, whose predicted confidence for c is <= theta_s (Eq. 7).
+Eq. 4 sums over classes and queries; we average (per class over its queries, then over
+classes) so the scale does not depend on the number of classes or queries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+# -- contrastive distillation (stages i and ii) ---------------------------------------------------
+def distillation_kl(z_teacher: torch.Tensor, z_student: torch.Tensor, anchors: torch.Tensor,
+                    tau_t: float, tau_s: float) -> torch.Tensor:
+    """KL(p_t || p_s) averaged over queries. z_* (N, D) queries, anchors (M, D) shared by all queries.
+
+    The teacher side and the anchors are constants (no gradient)."""
+    a = F.normalize(anchors.detach().float(), dim=-1)
+    log_pt = F.log_softmax(F.normalize(z_teacher.detach().float(), dim=-1) @ a.T / tau_t, dim=-1)
+    log_ps = F.log_softmax(F.normalize(z_student.float(), dim=-1) @ a.T / tau_s, dim=-1)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1).mean()
+
+
+def byol_loss(z_student: torch.Tensor, z_teacher: torch.Tensor) -> torch.Tensor:
+    """BYOL's regression loss 2 - 2 cos(z*_s, z_t), averaged: the two-views-only objective."""
+    cos = F.cosine_similarity(z_student.float(), z_teacher.detach().float(), dim=-1)
+    return (2 - 2 * cos).mean()
+
+
+# -- stage iii: pseudo-labels --------------------------------------------------------------------
+def pseudo_label_ce(student_logits: torch.Tensor, teacher_probs: torch.Tensor,
+                    theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy to the teacher's argmax on pixels whose teacher confidence is > theta.
+
+    Normalised by the number of *all* pixels (FixMatch convention): equal to the fraction of
+    confident pixels times their mean CE, so the term fades when few pixels are confident.
+    Returns (loss, mask of confident pixels)."""
+    conf, pseudo = teacher_probs.detach().max(dim=1)
+    mask = conf > theta
+    ce = F.cross_entropy(student_logits.float(), pseudo, reduction="none")
+    return (ce * mask).sum() / mask.numel(), mask
+
+
+# -- stage iii: AnCo and its active sampling -----------------------------------------------------
+def hard_query_mask(probs: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+                    theta: float) -> torch.Tensor:
+    """Eq. 7: valid pixels whose predicted probability of their own (pseudo-)label is <= theta."""
+    conf = probs.detach().gather(1, labels.long().unsqueeze(1)).squeeze(1)
+    return valid & (conf <= theta)
+
+
+def class_relation_graph(prototypes: torch.Tensor) -> torch.Tensor:
+    """Eq. 6: G[p, q] = r^{p,+} . r^{q,+} for the (n_classes, D) class-mean embeddings."""
+    return prototypes @ prototypes.T
+
+
+def negative_class_distribution(graph: torch.Tensor, c: int) -> torch.Tensor:
+    """exp(G[c, v]) / sum_{n != c} exp(G[c, n]) for v != c, and 0 for v = c."""
+    logits = graph[c].detach().float().clone()
+    logits[c] = float("-inf")
+    return torch.softmax(logits, dim=0)
+
+
+def sample_negative_classes(graph: torch.Tensor, c: int, n: int,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` class indices (rows of ``graph``), drawn i.i.d. from ``negative_class_distribution``."""
+    probs = negative_class_distribution(graph, c).cpu()
+    return torch.multinomial(probs, n, replacement=True, generator=generator)
+
+
+def anco_loss(queries: list[torch.Tensor], positives: torch.Tensor, negatives: list[torch.Tensor],
+              tau: float) -> torch.Tensor:
+    """Eq. 4 for sampled queries/keys: -log e^{q.k+/tau} / (e^{q.k+/tau} + sum_k- e^{q.k-/tau}).
+
+    ``queries[i]`` (Q_i, D) and ``negatives[i]`` (K_i, D) belong to class i, ``positives[i]``
+    (D,) is its class-mean key. Mean over each class's queries, then over classes."""
+    per_class = []
+    for q, pos, neg in zip(queries, positives, negatives):
+        logits = torch.cat([(q @ pos).unsqueeze(1), q @ neg.T], dim=1) / tau
+        per_class.append(-torch.log_softmax(logits.float(), dim=1)[:, 0].mean())
+    return torch.stack(per_class).mean()
+
+
+@dataclass
+class AncoSample:
+    """The loss and what was sampled (flat pixel indices into (B, H, W)), for logging and tests."""
+
+    loss: torch.Tensor
+    classes: list[int] = field(default_factory=list)
+    query_index: list[torch.Tensor] = field(default_factory=list)
+    negative_index: list[torch.Tensor] = field(default_factory=list)
+    prototypes: torch.Tensor | None = None
+    n_hard: int = 0
+
+
+def _draw(values: torch.Tensor, n: int, generator) -> torch.Tensor:
+    """``n`` uniform draws with replacement from a 1-D tensor."""
+    pick = torch.randint(len(values), (n,), generator=generator).to(values.device)
+    return values[pick]
+
+
+def _subset(values: torch.Tensor, n: int, generator) -> torch.Tensor:
+    """At most ``n`` elements without replacement (all of them when ``n <= 0`` or too few)."""
+    if n <= 0 or len(values) <= n:
+        return values
+    return values[torch.randperm(len(values), generator=generator)[:n].to(values.device)]
+
+
+def sampled_anco(embed_at: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor,
+                 valid: torch.Tensor, probs: torch.Tensor, theta: float, tau: float,
+                 num_queries: int = 256, num_negatives: int = 512, prototype_pixels: int = 512,
+                 generator: torch.Generator | None = None) -> AncoSample:
+    """AnCo with active sampling. Only pixel *indices* are chosen without gradient; embeddings
+    (``embed_at(flat_index) -> (N, D)``) are computed for the chosen pixels only, so memory is
+    O(classes x (queries + key pool)), never O((H W)^2) nor O(H W D).
+
+    labels (B, H, W) labels / pseudo-labels; valid (B, H, W) pixels that take part; probs
+    (B, C, H, W) predicted probabilities (Eq. 7's confidence).
+
+    Per class c: ``num_queries`` hard queries (all pixels of c if none is hard), drawn with
+    replacement; a pool of ``prototype_pixels`` pixels of c drawn without replacement (all of
+    them if fewer, or if ``prototype_pixels <= 0``): its mean is the positive key r^{c,+}
+    (a Monte-Carlo estimate of Eq. 5's mean, exact when the pool holds the whole class) and
+    negatives for the other classes are uniform draws from it; ``num_negatives`` negative keys,
+    each from a class drawn by softmax(G[c, .]), shared by the queries of c (each query's loss
+    has the same expectation as with per-query negative sets, at 1/num_queries of the memory).
+    """
+    device = labels.device
+    lab, val = labels.reshape(-1), valid.reshape(-1)
+    with torch.no_grad():
+        hard = hard_query_mask(probs, labels, valid, theta).reshape(-1)
+        classes = [c for c in range(probs.shape[1]) if bool((val & (lab == c)).any())]
+        if len(classes) < 2:  # no negative class: nothing to contrast
+            return AncoSample(loss=torch.zeros((), device=device), classes=classes)
+        pools, queries = [], []
+        for c in classes:
+            members = torch.nonzero(val & (lab == c)).squeeze(1)
+            hard_c = torch.nonzero(hard & (lab == c)).squeeze(1)
+            pools.append(_subset(members, prototype_pixels, generator))
+            queries.append(_draw(hard_c if len(hard_c) else members, num_queries, generator))
+        sizes = [len(p) for p in pools]
+        pool_flat = torch.cat(pools)
+
+    emb = embed_at(torch.cat([pool_flat] + queries))
+    pool_emb, query_emb = emb[:len(pool_flat)], emb[len(pool_flat):]
+    prototypes = torch.stack([e.mean(0) for e in pool_emb.split(sizes)])
+
+    with torch.no_grad():
+        graph = class_relation_graph(prototypes.detach())
+        offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
+        size_t = torch.tensor(sizes)
+        neg_rows = []
+        for i in range(len(classes)):
+            k = sample_negative_classes(graph, i, num_negatives, generator)
+            within = (torch.rand(num_negatives, generator=generator) * size_t[k]).long()
+            neg_rows.append((offsets[k] + within.minimum(size_t[k] - 1)).to(device))
+
+    loss = anco_loss(list(query_emb.split(num_queries)), prototypes,
+                     [pool_emb[r] for r in neg_rows], tau)
+    return AncoSample(loss=loss, classes=classes, query_index=queries,
+                      negative_index=[pool_flat[r] for r in neg_rows], prototypes=prototypes,
+                      n_hard=int(hard.sum()))

@@ -1,0 +1,370 @@
+"""ACTION: losses against hand computations, active sampling, stages, ablations, memory bank."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssl_bench.config import ConfigError
+from ssl_bench.methods.action import FifoBank
+from ssl_bench.methods.action_heads import bilinear_at
+from ssl_bench.methods.action_losses import (anco_loss, byol_loss, class_relation_graph, distillation_kl,
+                                             hard_query_mask, negative_class_distribution, pseudo_label_ce,
+                                             sample_negative_classes, sampled_anco)
+from ssl_bench.testing import check_stage, run_contract, tiny_setup
+
+
+# -- distillation ---------------------------------------------------------------------------------
+def test_distillation_kl_hand_computed():
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z_t = torch.tensor([[2.0, 0.0]])  # cos with anchors: (1, 0)
+    z_s = torch.tensor([[0.0, 3.0]])  # cos with anchors: (0, 1)
+    # p_t = softmax((1, 0) / 0.5) = (e^2, 1) / (e^2 + 1); p_s = softmax((0, 1) / 1) = (1, e) / (1 + e)
+    pt = [math.e ** 2 / (math.e ** 2 + 1), 1 / (math.e ** 2 + 1)]
+    ps = [1 / (1 + math.e), math.e / (1 + math.e)]
+    expected = pt[0] * math.log(pt[0] / ps[0]) + pt[1] * math.log(pt[1] / ps[1])
+    assert expected == pytest.approx(0.8287, abs=1e-4)
+    got = distillation_kl(z_t, z_s, anchors, tau_t=0.5, tau_s=1.0)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_distillation_kl_zero_when_teacher_and_student_agree():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(5, 8, generator=g)
+    anchors = torch.randn(7, 8, generator=g)
+    assert float(distillation_kl(z, 3 * z, anchors, 0.1, 0.1)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_kl(z, z, anchors, 0.01, 0.1)) > 0.01  # sharper teacher: not equal
+
+
+def test_distillation_kl_gradient_reaches_student_only():
+    z_t = torch.randn(3, 4, requires_grad=True)
+    z_s = torch.randn(3, 4, requires_grad=True)
+    anchors = torch.randn(5, 4, requires_grad=True)
+    distillation_kl(z_t, z_s, anchors, 0.01, 0.1).backward()
+    assert z_s.grad is not None and z_s.grad.abs().sum() > 0
+    assert z_t.grad is None and anchors.grad is None
+
+
+def test_byol_loss_hand_computed():
+    got = byol_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]]))
+    assert float(got) == pytest.approx(2 - 2 / math.sqrt(2), rel=1e-6)
+
+
+def test_pseudo_label_ce_hand_computed():
+    student = torch.tensor([[2.0, 0.0], [0.0, 0.0]]).T.reshape(1, 2, 1, 2)  # pixel 0: (2, 0); pixel 1: (0, 0)
+    teacher = torch.tensor([[0.99, 0.01], [0.6, 0.4]]).T.reshape(1, 2, 1, 2)
+    loss, mask = pseudo_label_ce(student, teacher, theta=0.97)
+    assert mask.tolist() == [[[True, False]]]
+    # only pixel 0 counts: -log(e^2 / (e^2 + 1)), divided by all 2 pixels
+    assert float(loss) == pytest.approx(math.log(1 + math.exp(-2)) / 2, rel=1e-6)
+
+
+# -- AnCo -----------------------------------------------------------------------------------------
+def eq4_by_hand(queries, positives, negatives, tau):
+    per_class = []
+    for qs, pos, negs in zip(queries, positives, negatives):
+        terms = []
+        for q in qs.tolist():
+            dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+            num = math.exp(dot(q, pos.tolist()) / tau)
+            den = num + sum(math.exp(dot(q, n) / tau) for n in negs.tolist())
+            terms.append(-math.log(num / den))
+        per_class.append(sum(terms) / len(terms))
+    return sum(per_class) / len(per_class)
+
+
+def test_anco_loss_single_query_hand_computed():
+    q = torch.tensor([[1.0, 0.0]])
+    got = anco_loss([q], torch.tensor([[1.0, 0.0]]), [torch.tensor([[0.0, 1.0]])], tau=0.5)
+    assert float(got) == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)  # -log e^2/(e^2+e^0)
+
+
+def test_anco_loss_matches_eq4_loop():
+    s = 1 / math.sqrt(2)
+    queries = [torch.tensor([[1.0, 0.0], [s, s], [0.0, 1.0]]), torch.tensor([[-1.0, 0.0], [0.6, -0.8]])]
+    positives = torch.tensor([[0.9, 0.1], [-0.5, -0.5]])
+    negatives = [torch.tensor([[-1.0, 0.0], [0.0, -1.0]]), torch.tensor([[1.0, 0.0], [s, s], [0.0, 1.0]])]
+    got = anco_loss(queries, positives, negatives, tau=0.5)
+    assert float(got) == pytest.approx(eq4_by_hand(queries, positives, negatives, 0.5), rel=1e-6)
+
+
+def test_class_relation_graph_and_negative_distribution():
+    protos = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 2.0]])
+    G = class_relation_graph(protos)
+    assert G.tolist() == [[1.0, 0.5, 0.0], [0.5, 0.5, 1.0], [0.0, 1.0, 4.0]]
+    p = negative_class_distribution(G, 1)
+    den = math.exp(0.5) + math.exp(1.0)
+    assert p.tolist() == pytest.approx([math.exp(0.5) / den, 0.0, math.exp(1.0) / den], rel=1e-6)
+
+
+def test_negative_class_sampling_follows_softmax_of_graph():
+    G = torch.tensor([[1.0, 0.2, -0.5, 0.9], [0.2, 1.0, 0.7, -1.0], [-0.5, 0.7, 1.0, 0.1],
+                      [0.9, -1.0, 0.1, 1.0]])
+    n = 40_000
+    draws = sample_negative_classes(G, 1, n, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4).float() / n
+    others = torch.tensor([0.2, 0.7, -1.0])
+    want = torch.softmax(others, 0)
+    assert freq[1] == 0  # never the query's own class
+    assert freq[[0, 2, 3]].tolist() == pytest.approx(want.tolist(), abs=0.01)
+
+
+def test_hard_query_mask_is_eq7():
+    labels = torch.tensor([[[0, 1, 1, 2]]])
+    probs = torch.tensor([[0.99, 0.01, 0.0], [0.02, 0.97, 0.01], [0.5, 0.5, 0.0], [0.0, 0.2, 0.8]])
+    probs = probs.T.reshape(1, 3, 1, 4)
+    valid = torch.tensor([[[True, True, True, False]]])
+    got = hard_query_mask(probs, labels, valid, theta=0.97)
+    # pixel 0: 0.99 > 0.97 easy; pixel 1: 0.97 <= 0.97 hard; pixel 2: 0.5 hard; pixel 3 not valid
+    assert got.tolist() == [[[False, True, True, False]]]
+
+
+def _toy_pixels(seed=0):
+    """Labels (1, 4, 4) with 3 classes, probabilities, and a fixed embedding per pixel."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.tensor([[[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 2], [2, 2, 2, 2]]])
+    probs = torch.full((1, 3, 4, 4), 0.0)
+    probs.scatter_(1, labels[:, None], 0.99)  # confident everywhere ...
+    probs[0, :, 1, 1] = torch.tensor([0.5, 0.4, 0.1])  # ... except one hard pixel of class 1
+    probs[0, :, 0, 0] = torch.tensor([0.9, 0.05, 0.05])  # and one of class 0
+    emb = F.normalize(torch.randn(16, 5, generator=g), dim=1)
+    return labels, probs, emb
+
+
+def test_sampled_anco_assembles_eq4_from_its_samples():
+    labels, probs, emb = _toy_pixels()
+    valid = torch.ones_like(labels, dtype=torch.bool)
+    calls = []
+
+    def embed_at(flat):
+        calls.append(len(flat))
+        return emb[flat]
+
+    res = sampled_anco(embed_at, labels, valid, probs, theta=0.97, tau=0.5, num_queries=6, num_negatives=7,
+                       prototype_pixels=0, generator=torch.Generator().manual_seed(1))
+    assert res.classes == [0, 1, 2]
+    flat_lab = labels.reshape(-1)
+    hard = {0: {0}, 1: {5}}
+    for c, q_idx, n_idx in zip(res.classes, res.query_index, res.negative_index):
+        assert len(q_idx) == 6 and len(n_idx) == 7
+        if c in hard:  # queries are the hard pixels only
+            assert set(q_idx.tolist()) == hard[c]
+        else:  # class 2 has no hard pixel: fall back to all of its pixels
+            assert set(q_idx.tolist()) <= set(torch.nonzero(flat_lab == 2).squeeze(1).tolist())
+        assert (flat_lab[n_idx] != c).all()  # negatives come from other classes
+    # with prototype_pixels=0 the positive keys are the exact class means (Eq. 5)
+    means = torch.stack([emb[flat_lab == c].mean(0) for c in range(3)])
+    assert torch.allclose(res.prototypes, means, atol=1e-6)
+    # the loss is Eq. 4 evaluated on exactly what was sampled
+    expected = eq4_by_hand([emb[q] for q in res.query_index], means, [emb[n] for n in res.negative_index], 0.5)
+    assert float(res.loss) == pytest.approx(expected, rel=1e-5)
+    # embeddings are computed once, for the sampled pixels only (16 pool pixels + 3 x 6 queries)
+    assert calls == [16 + 18]
+
+
+def test_sampled_anco_respects_valid_mask_and_pool_size():
+    labels, probs, emb = _toy_pixels()
+    valid = torch.ones_like(labels, dtype=torch.bool)
+    valid[0, 3] = False  # the last row (four pixels of class 2) does not take part
+    res = sampled_anco(lambda f: emb[f], labels, valid, probs, 0.97, 0.5, num_queries=4, num_negatives=50,
+                       prototype_pixels=2, generator=torch.Generator().manual_seed(2))
+    excluded = {12, 13, 14, 15}
+    for idx in res.query_index + res.negative_index:
+        assert not (set(idx.tolist()) & excluded)
+    # a pool of 2 pixels per class: negatives of class 0 use at most 2 distinct pixels of each other class
+    assert len(set(res.negative_index[0].tolist())) <= 4
+
+
+def test_sampled_anco_needs_two_classes():
+    labels = torch.zeros(1, 4, 4, dtype=torch.long)
+    probs = torch.zeros(1, 3, 4, 4)
+    probs[:, 0] = 1.0
+    res = sampled_anco(lambda f: torch.ones(len(f), 2), labels, torch.ones_like(labels, dtype=torch.bool),
+                       probs, 0.97, 0.5)
+    assert float(res.loss) == 0.0 and res.classes == [0]
+
+
+def test_bilinear_at_equals_upsample_then_read():
+    g = torch.Generator().manual_seed(0)
+    H = W = 16
+    b = torch.randint(0, 2, (50,), generator=g)
+    y = torch.randint(0, H, (50,), generator=g)
+    x = torch.randint(0, W, (50,), generator=g)
+    for side in (2, 4, 8, 16):
+        feat = torch.randn(2, 3, side, side, generator=g)
+        dense = F.interpolate(feat, size=(H, W), mode="bilinear", align_corners=False)
+        want = dense[b, :, y, x]
+        assert torch.allclose(bilinear_at(feat, b, y, x, (H, W)), want, atol=1e-5), side
+
+
+# -- memory bank ----------------------------------------------------------------------------------
+def test_fifo_bank_keeps_newest_rows_oldest_first():
+    bank = FifoBank(3)
+    assert len(bank) == 0
+    bank.push(torch.tensor([[0.0], [1.0]]))
+    bank.push(torch.tensor([[2.0], [3.0]]))
+    assert bank.items.squeeze(1).tolist() == [1.0, 2.0, 3.0]
+    bank.push(torch.tensor([[4.0]]))
+    assert bank.items.squeeze(1).tolist() == [2.0, 3.0, 4.0]
+    bank.push(torch.arange(10.0, 15.0).unsqueeze(1))  # more rows than the bank holds
+    assert bank.items.squeeze(1).tolist() == [12.0, 13.0, 14.0]
+    twin = FifoBank(3)
+    twin.load(bank.state())
+    assert torch.equal(twin.items, bank.items)
+
+
+def test_stage_i_fills_bank_and_extra_state_round_trips():
+    method, batch = tiny_setup("action", {"bank_size": 3})
+    method.set_stage("i")
+    check_stage(method, batch)  # 2 unlabeled slices
+    assert len(method.global_bank) == 2
+    check_stage(method, batch)
+    assert len(method.global_bank) == 3  # capped at bank_size
+    method.set_stage("ii")
+    check_stage(method, batch)
+    assert method.local_bank.items.shape == (2, 8 * 8, 512)  # 2 slices x (8 x 8 regions) x 512-d
+    state = method.extra_state()
+    twin, _ = tiny_setup("action", {"bank_size": 3})
+    twin.load_extra_state(state)
+    assert torch.equal(twin.global_bank.items, method.global_bank.items)
+    assert torch.equal(twin.local_bank.items, method.local_bank.items)
+    assert twin.ema_step == method.ema_step
+
+
+# -- stages, teacher, trainable parameters -------------------------------------------------------
+def test_stages_and_fractions():
+    method, _ = tiny_setup("action")
+    st = method.stages()
+    assert [s.name for s in st] == ["i", "ii", "iii"]
+    assert [s.fraction for s in st] == pytest.approx([0.25, 0.25, 0.5])
+    assert [s.uses_labels for s in st] == [False, True, True]
+    with pytest.raises(ValueError, match="no stage 'finetune'"):
+        method.set_stage("finetune")
+
+
+def test_trainable_parameters_are_stage_aware():
+    method, _ = tiny_setup("action")
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    enc = ids(method.net.backbone.encoder.parameters())
+    dec = ids(method.net.backbone.decoder.parameters())
+    method.set_stage("i")
+    p1 = ids(method.trainable_parameters())
+    assert enc <= p1 and not (dec & p1) and ids(method.predictors["global"].parameters()) <= p1
+    method.set_stage("ii")
+    p2 = ids(method.trainable_parameters())
+    assert enc | dec <= p2 and ids(method.net.local_head.parameters()) <= p2
+    assert not (ids(method.net.global_head.parameters()) & p2)
+    method.set_stage("iii")
+    p3 = ids(method.trainable_parameters())
+    assert ids(method.rep_head.parameters()) <= p3 and not (ids(method.net.local_head.parameters()) & p3)
+    teacher = ids(method.teacher.parameters())
+    assert not (teacher & (p1 | p2 | p3))
+
+
+def test_teacher_follows_by_ema_across_stages_and_is_not_resynced():
+    method, batch = tiny_setup("action")
+    assert method.predictor() is method.net.backbone  # inference: the U-Net only
+    for stage in ("i", "ii", "iii"):
+        before = [p.detach().clone() for p in method.teacher.parameters()]
+        method.set_stage(stage)  # a new stage must not copy the student into the teacher
+        assert all(torch.equal(a, b) for a, b in zip(before, method.teacher.parameters()))
+        rep = check_stage(method, batch)
+        assert not rep["teacher_grads"], stage
+        assert rep["ema_ok"]["teacher"], stage
+        assert all(p.grad is None for p in method.teacher.parameters())
+
+
+def test_stage_iii_terms_and_hard_query_counts():
+    method, batch = tiny_setup("action")
+    method.set_stage("iii")
+    out = check_stage(method, batch)["out"]
+    assert {"sup", "pseudo_ce", "anco", "confident"} <= set(out.terms)
+    assert out.terms["anco"] > 0 and out.terms["anco_classes"] >= 2
+
+
+# -- ablations ------------------------------------------------------------------------------------
+STAGES = {"none": ["i", "ii", "iii"], "vanilla": ["i", "finetune"], "no-rsi": ["i", "ii", "iii"],
+          "no-stage2": ["i", "iii"], "no-rsi-no-stage2": ["i", "iii"], "no-stage3": ["i", "ii"],
+          "no-anco": ["i", "ii", "iii"], "no-unsup": ["i", "ii", "iii"]}
+
+
+@pytest.mark.parametrize("ablation", sorted(STAGES))
+def test_ablation_contract_and_stages(ablation):
+    method, _ = tiny_setup("action", {"ablation": ablation})
+    assert method.ablation_tag() == ablation
+    st = method.stages()
+    assert [s.name for s in st] == STAGES[ablation]
+    assert sum(s.fraction for s in st) == pytest.approx(1.0)
+    epochs = {"i": 100, "ii": 100, "iii": 200, "finetune": 200}
+    total = sum(epochs[s.name] for s in st)
+    assert [s.fraction for s in st] == pytest.approx([epochs[s.name] / total for s in st])
+    for rep in run_contract("action", {"ablation": ablation}):
+        assert math.isfinite(rep["loss"]) and not rep["missing"], (rep["stage"], rep["missing"][:3])
+        assert not rep["teacher_grads"] and all(rep["ema_ok"].values())
+
+
+def _step_terms(ablation, stage):
+    method, batch = tiny_setup("action", {"ablation": ablation})
+    method.set_stage(stage)
+    rep = check_stage(method, batch)
+    return method, rep["out"]
+
+
+def test_no_rsi_uses_only_the_query_views():
+    for stage, kl, byol in (("i", "global_kl", "global_byol"), ("ii", "local_kl", "local_byol")):
+        method, out = _step_terms("no-rsi", stage)
+        assert byol in out.terms and kl not in out.terms
+        assert len(method.global_bank) == 0 and len(method.local_bank) == 0
+        _, full = _step_terms("none", stage)
+        assert kl in full.terms and byol not in full.terms
+
+
+def test_no_anco_removes_exactly_anco():
+    method, out = _step_terms("no-anco", "iii")
+    assert "anco" not in out.terms and "pseudo_ce" in out.terms
+    assert float(out.loss) == pytest.approx(out.terms["sup"] + out.terms["pseudo_ce"], rel=1e-5)
+    assert not ({id(p) for p in method.rep_head.parameters()} & {id(p) for p in method.trainable_parameters()})
+
+
+def test_no_unsup_keeps_only_the_supervised_loss():
+    _, out = _step_terms("no-unsup", "iii")
+    assert out.unsup is None and set(out.terms) == {"sup"}
+    assert float(out.loss) == pytest.approx(out.terms["sup"])
+
+
+def test_full_stage_iii_loss_is_the_sum_of_its_terms():
+    _, out = _step_terms("none", "iii")
+    want = out.terms["sup"] + out.terms["pseudo_ce"] + out.terms["anco"]
+    assert float(out.loss) == pytest.approx(want, rel=1e-5)
+
+
+def test_vanilla_finetune_is_supervised_only():
+    method, out = _step_terms("vanilla", "finetune")
+    assert out.unsup is None and set(out.terms) == {"sup"}
+    _, out_i = _step_terms("vanilla", "i")
+    assert "global_byol" in out_i.terms
+
+
+@pytest.mark.parametrize("student,teacher", [("weak", "weak"), ("strong", "weak"), ("weak", "strong"),
+                                             ("strong", "strong")])
+def test_augmentation_switches(student, teacher):
+    method, batch = tiny_setup("action", {"student_aug": student, "teacher_aug": teacher})
+    assert method.augment_tag() == f"{student}-{teacher}"
+    assert method.ablation_tag() == "none"
+    s, t = method._aligned_views(batch)
+    assert torch.equal(s, batch.x_ulb_strong if student == "strong" else batch.x_ulb)
+    if teacher == "weak":
+        assert torch.equal(t, batch.x_ulb)
+    elif student == "weak":
+        assert torch.equal(t, batch.x_ulb_strong)
+    else:  # both strong: independent photometric draws on the same geometry
+        assert not torch.equal(t, s) and not torch.equal(t, batch.x_ulb)
+    s_i, t_i = method._independent_views(batch)
+    assert s_i.shape == t_i.shape == batch.x_ulb_raw.shape and not torch.equal(s_i, t_i)
+
+
+def test_bad_ablation_or_augmentation_is_a_clear_error():
+    with pytest.raises(ConfigError, match="unknown ablation 'no-foo'.*no-anco"):
+        tiny_setup("action", {"ablation": "no-foo"})
+    with pytest.raises(ConfigError, match="student_aug='medium'"):
+        tiny_setup("action", {"student_aug": "medium"})
