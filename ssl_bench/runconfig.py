@@ -78,9 +78,9 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
 
 def resolve(spec: RunSpec, method_cls) -> tuple[TrainConfig, Any]:
     train_over, method_over = split_overrides(spec.overrides)
-    train_cfg = apply_overrides(TrainConfig(), train_over, where="train config (--set key=value)")
+    train_cfg = apply_overrides(TrainConfig(), train_over, where="train config")
     method_cfg = apply_overrides(method_cls.Config(), method_over,
-                                 where=f"method {spec.method} config (--set method.key=value)")
+                                 where=f"method {spec.method} config")
     if train_cfg.iterations < 1:
         raise ConfigError("iterations must be >= 1")
     return train_cfg, method_cfg

@@ -7,12 +7,29 @@ torch.set_num_threads(1)
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 
+@pytest.fixture(scope="session")
+def mlflow_template_db(tmp_path_factory):
+    """An empty, fully migrated MLflow SQLite store, made once per session: creating one costs
+    10-20 s of schema migrations, copying it costs milliseconds."""
+    from ssl_bench import tracking
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    tracking.make_client(f"sqlite:///{db}").search_experiments()
+    return db
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch):
-    """Every test gets its own data and results roots; nothing leaks into the checkout."""
+def _isolated_env(tmp_path, monkeypatch, mlflow_template_db):
+    """Every test gets its own data and results roots and its own MLflow store (a copy of the
+    template); nothing leaks into the checkout."""
+    import shutil
+
     monkeypatch.setenv("SSL_BENCH_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("SSL_BENCH_RESULTS", str(tmp_path / "results"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tmp_path / "mlflow-store" / "mlflow.db"
+    store.parent.mkdir()
+    shutil.copyfile(mlflow_template_db, store)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     torch.manual_seed(0)
 
 
