@@ -1,0 +1,102 @@
+"""``ssl-bench table``: the paper's tables from the runs recorded in MLflow.
+
+``table_command`` is a plain typer command function; the main CLI mounts it with
+``app.command("table")(table_command)``.
+"""
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+class Checkpoint(str, Enum):
+    best = "best"
+    last = "last"
+
+
+class Format(str, Enum):
+    rich = "rich"
+    md = "md"
+    csv = "csv"
+    latex = "latex"
+
+
+class Status(str, Enum):
+    finished = "finished"
+    failed = "failed"
+    running = "running"
+    all = "all"
+
+
+def table_command(
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="only this dataset (default: one table per dataset)"),
+    method: Optional[List[str]] = typer.Option(None, "--method", help="only these methods (repeatable)"),
+    setting: Optional[str] = typer.Option(None, "--setting", help='only this labeled setting, e.g. "3 labeled"'),
+    checkpoint: Checkpoint = typer.Option(Checkpoint.best, "--checkpoint", help="test results of the best-on-val or the last weights"),
+    fmt: Format = typer.Option(Format.rich, "--format", help="rich (terminal), md, csv (tidy) or latex"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write to this file (atomically) instead of the terminal"),
+    with_published: bool = typer.Option(False, "--with-published", help="add the paper's published rows (separate, labelled block)"),
+    ablation: bool = typer.Option(False, "--ablation", help="Tables 3 and 4: ACTION ablations and augmentations"),
+    status: Status = typer.Option(Status.finished, "--status", help="which runs to read (MLflow run status)"),
+    results_root: Optional[Path] = typer.Option(None, "--results-root", help="results folder (default $SSL_BENCH_RESULTS or ./results/runs)"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite under the results root)"),
+) -> None:
+    """Print the results table (Tables 1/2 layout; Tables 3/4 with --ablation)."""
+    from ssl_bench import table as tbl
+    from ssl_bench import tracking
+
+    uri = tracking.default_tracking_uri(tracking.results_root(results_root), tracking_uri)
+    db = tracking.sqlite_path(uri)
+    if db is not None and not db.exists():
+        _fail(f"no MLflow store at {db}: no run has been recorded there yet "
+              "(run `ssl-bench run` first, or pass --results-root / --tracking-uri)")
+    try:
+        runs = tbl.load_runs(uri, status.value)
+    except Exception as exc:
+        _fail(f"cannot read runs from MLflow at {uri}: {type(exc).__name__}: {exc}")
+    what = _describe(status.value, dataset, method, setting)
+    if runs.empty:
+        _fail(f"no {what} in {uri}")
+    runs = tbl.select_runs(runs, dataset, method, setting)
+    if ablation:
+        tables = tbl.ablation_tables(runs, checkpoint.value)
+        if not tables:
+            _fail(f"no {what} of method {tbl.ABLATION_METHOD} in {uri}; --ablation reads ACTION runs "
+                  "tagged ssl_bench.ablation / ssl_bench.augment")
+    else:
+        tables = tbl.main_tables(runs, checkpoint.value, with_published, method)
+        if not tables:
+            _fail(f"no {what} with test/{checkpoint.value}/dice metrics in {uri}")
+
+    if output is not None:
+        from ssl_bench.datasets.base import atomic_write_text
+
+        atomic_write_text(output, tbl.render(tables, fmt.value))
+        typer.echo(f"wrote {output}", err=True)
+    elif fmt is Format.rich:
+        from rich.console import Console
+
+        console = Console()
+        for t in tables:
+            for part in tbl.rich_tables(t):
+                console.print(part)
+            console.print()
+    else:
+        sys.stdout.write(tbl.render(tables, fmt.value))
+
+
+def _describe(status: str, dataset, methods, setting) -> str:
+    what = "runs" if status == "all" else f"{status} runs"
+    filters = [f"dataset={dataset}"] if dataset else []
+    filters += [f"method={','.join(methods)}"] if methods else []
+    filters += [f"setting={setting!r}"] if setting else []
+    return what + (f" matching {' '.join(filters)}" if filters else "")
+
+
+def _fail(message: str) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(1)

@@ -1,0 +1,239 @@
+"""`ssl-bench table`: mean ± std over seeds, bold best, published block, ablation tables, CLI."""
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from ssl_bench import table as tbl
+from ssl_bench import tracking
+from ssl_bench.cli_table import table_command
+from ssl_bench.tracking import RunTracker
+
+# Known per-seed values (Dice as fractions, ASD in voxels), 2 methods x 2 seeds, "3 labeled".
+#   mean:  MT 0.80/0.82 -> 81.0±1.4,  ACTION 0.86/0.88 -> 87.0±1.4 (best DSC)
+#          MT 2.0/3.0   -> 2.50±0.71, ACTION 1.0/1.2   -> 1.10±0.14 (best ASD)
+#   RV:    MT 0.70/0.72 -> 71.0±1.4 (best), ACTION 0.60/0.62 -> 61.0±1.4
+#          MT 5.0/5.0   -> 5.00±0.00, ACTION 4.0/6.0 -> 5.00±1.41 (tie: both bold)
+VALUES = {
+    "mt": [{"mean": (0.80, 2.0), "RV": (0.70, 5.0)}, {"mean": (0.82, 3.0), "RV": (0.72, 5.0)}],
+    "action": [{"mean": (0.86, 1.0), "RV": (0.60, 4.0)}, {"mean": (0.88, 1.2), "RV": (0.62, 6.0)}],
+}
+
+
+def add_run(root: Path, uri: str, method: str, seed: int, values: dict, dataset: str = "acdc",
+            status: str = "finished", **tags) -> RunTracker:
+    name = f"{method}-{tags.get('ablation', 'none')}-{tags.get('augment', '')}-{dataset}-{seed}"
+    t = RunTracker(root / name, uri, f"ssl-bench/{dataset}", name,
+                   {"method": method, "dataset": dataset, "setting": "3 labeled", "seed": seed,
+                    "split_seed": 0, "git_commit": "abc", **tags}, {"seed": seed})
+    t.start()
+    metrics = {}
+    for cls, (dice, asd) in values.items():
+        metrics.update({f"test/best/dice/{cls}": dice, f"test/best/asd_vox/{cls}": asd,
+                        f"test/last/dice/{cls}": dice - 0.1, f"test/last/asd_vox/{cls}": asd + 1,
+                        f"test/best/n/{cls}": 4})
+    t.log_final(metrics)
+    if status != "running":
+        t.set_status(status)
+    return t
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, mlflow_template_db) -> str:
+    root = tmp_path_factory.mktemp("results")
+    shutil.copyfile(mlflow_template_db, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    for method, seeds in VALUES.items():
+        for seed, values in enumerate(seeds):
+            add_run(root, uri, method, seed, values)
+    # never in the main table: a failed run, a running run, ablations and augmentation variants
+    add_run(root, uri, "mt", 7, {"mean": (0.10, 50.0)}, status="failed")
+    add_run(root, uri, "mt", 8, {"mean": (0.10, 50.0)}, status="running")
+    add_run(root, uri, "action", 0, {"mean": (0.70, 3.0)}, ablation="no-rsi")
+    add_run(root, uri, "action", 1, {"mean": (0.72, 3.0)}, ablation="no-rsi")
+    add_run(root, uri, "action", 0, {"mean": (0.50, 9.0)}, ablation="none", augment="weak-weak")
+    # a dataset without published figures
+    add_run(root, uri, "mt", 0, {"mean": (0.5, 1.0)}, dataset="toy")
+    return uri
+
+
+def runs(uri: str, **filters) -> pd.DataFrame:
+    return tbl.select_runs(tbl.load_runs(uri), **filters)
+
+
+def test_load_runs_reads_tags_metrics_and_status(store):
+    df = tbl.load_runs(store)
+    assert set(df["status"]) == {"finished"}
+    assert len(df) == 4 + 3 + 1
+    assert len(tbl.load_runs(store, "all")) == 10
+    assert set(tbl.load_runs(store, "failed")["seed"]) == {"7"}
+    assert set(runs(store, dataset="acdc", methods=["mt"])["seed"]) == {"0", "1"}
+
+
+def test_markdown_has_mean_std_n_and_bold_best(store):
+    tables = tbl.main_tables(runs(store, dataset="acdc"), "best")
+    assert len(tables) == 1
+    md = tbl.render(tables, "md")
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    header = md.splitlines()[2]
+    assert header.startswith("| Method | 3 labeled: Average | 3 labeled: RV |")
+    mt, action = rows["MT"], rows["ACTION"]
+    # Average column: ACTION best in both DSC and ASD
+    assert "| 81.0±1.4 / 2.50±0.71 (n=2) |" in mt
+    assert "| **87.0±1.4** / **1.10±0.14** (n=2) |" in action
+    # RV column: MT best DSC, ASD tied at display precision -> both bold
+    assert "| **71.0±1.4** / **5.00±0.00** (n=2) |" in mt
+    assert "| 61.0±1.4 / **5.00±1.41** (n=2) |" in action
+    assert list(rows)[1:3] == ["MT", "ACTION"]  # paper order (MT before ACTION)
+    assert "(paper)" not in md and tbl.PUBLISHED_LABEL not in md
+    assert "equal total gradient steps including pre-training stages" in md
+    assert "Checkpoint: best" in md and "DSC in %, ASD in voxels" in md and "n = number of seeds" in md
+    # the failed (0.10) and ablation (0.70) runs are not averaged in
+    assert "0.10" not in md and "71.0±1.4 / 3.00" not in md
+
+
+def test_last_checkpoint_uses_last_metrics(store):
+    md = tbl.render(tbl.main_tables(runs(store, dataset="acdc"), "last"), "md")
+    assert "71.0±1.4 / 3.50±0.71 (n=2)" in md  # mean dice - 10 points, ASD + 1
+    assert "Checkpoint: last" in md
+
+
+def test_csv_is_tidy_numbers(store):
+    out = tbl.render(tbl.main_tables(runs(store, dataset="acdc"), "best"), "csv")
+    df = pd.read_csv(io.StringIO(out))
+    mt = df[(df["method"] == "mt") & (df["class"] == "mean")].iloc[0]
+    assert mt["dsc_mean_percent"] == pytest.approx(81.0)
+    assert mt["dsc_std_percent"] == pytest.approx(2 ** 0.5)
+    assert mt["asd_mean_voxel"] == pytest.approx(2.5)
+    assert mt["n"] == 2 and not mt["dsc_best"]
+    action = df[(df["method"] == "action") & (df["class"] == "mean")].iloc[0]
+    assert action["dsc_best"] and action["asd_best"]
+    assert set(df["block"]) == {"measured"} and set(df["checkpoint"]) == {"best"}
+
+
+def test_latex_bold_and_escaping(store):
+    tex = tbl.render(tbl.main_tables(runs(store, dataset="acdc"), "best", with_published=True), "latex")
+    assert r"\textbf{87.0$\pm$1.4} / \textbf{1.10$\pm$0.14} (n=2)" in tex
+    assert r"81.0$\pm$1.4 / 2.50$\pm$0.71 (n=2)" in tex
+    assert r"\multicolumn{2}{c}{3 labeled}" in tex and r"DSC in \%" in tex
+    assert r"\textit{published (You et al., IPMI 2023, real ACDC/LiTS)}" in tex
+
+
+def test_published_block_is_separate_and_labelled(store):
+    tables = tbl.main_tables(runs(store, dataset="acdc"), "best", with_published=True)
+    md = tbl.render(tables, "md")
+    lines = md.splitlines()
+    label = next(i for i, line in enumerate(lines) if tbl.PUBLISHED_LABEL in line)
+    action_paper = next(i for i, line in enumerate(lines) if line.startswith("| ACTION (paper) |"))
+    assert label < action_paper
+    assert lines.index(next(line for line in lines if line.startswith("| ACTION |"))) < label
+    # the paper's ACTION (87.5 / 1.12) beats our 87.0 / 1.10 on DSC but takes no bold
+    assert lines[action_paper] == "| ACTION (paper) | 87.5 / 1.12 | 85.4 / 0.915 |"
+    assert "**" not in "\n".join(lines[label:action_paper + 1])
+    assert "| **87.0±1.4** / **1.10±0.14** (n=2) |" in md
+    assert sum(line.startswith("| ") and "(paper)" in line for line in lines) == 14  # all 14 paper methods
+    assert "not measured here" in md
+    df = pd.read_csv(io.StringIO(tbl.render(tables, "csv")))
+    assert not df[df["block"] == "published"]["dsc_best"].any()
+    # --method limits the published rows to the selected methods
+    only_mt = tbl.render(tbl.main_tables(runs(store, dataset="acdc", methods=["mt"]), "best", True, ["mt"]), "md")
+    assert "| MT (paper) |" in only_mt and "ACTION (paper)" not in only_mt
+
+
+def test_dataset_without_reference_says_so(store):
+    md = tbl.render(tbl.main_tables(runs(store, dataset="toy"), "best", with_published=True), "md")
+    assert "No published figures for dataset 'toy'" in md and "(paper)" not in md
+
+
+def test_select_runs_keeps_the_last_run_per_seed_and_normalises_augment():
+    df = pd.DataFrame([
+        {"method": "action", "dataset": "acdc", "setting": "3 labeled", "seed": "1", "split_seed": "0",
+         "ablation": "none", "augment": "", "end_time": 1, "test/best/dice/mean": 0.1},
+        {"method": "action", "dataset": "acdc", "setting": "3 labeled", "seed": "1", "split_seed": "0",
+         "ablation": "none", "augment": "strong-weak", "end_time": 2, "test/best/dice/mean": 0.9},
+        {"method": "action", "dataset": "acdc", "setting": "3 labeled", "seed": "1", "split_seed": "0",
+         "ablation": "none", "augment": "weak-weak", "end_time": 3, "test/best/dice/mean": 0.5},
+        {"method": "mt", "dataset": "acdc", "setting": "3 labeled", "seed": "1", "split_seed": "1",
+         "ablation": "none", "augment": "", "end_time": 1, "test/best/dice/mean": 0.3},
+    ])
+    kept = tbl.select_runs(df)
+    assert sorted(kept["test/best/dice/mean"]) == [0.3, 0.5, 0.9]
+    assert sorted(kept[kept["method"] == "action"]["augment"]) == ["strong-weak", "weak-weak"]
+
+
+def test_method_order_and_display_names():
+    names = ["bcp", "action", "mt", "unet-l", "unet-f", "zzz"]
+    ordered = [tbl.display_name(m) for m in sorted(names, key=lambda m: tbl.method_order(tbl.display_name(m)))]
+    assert ordered == ["UNet-F", "UNet-L", "MT", "ACTION", "BCP", "zzz"]
+    assert sorted(["10% labeled", "7 labeled", "5% labeled", "3 labeled"], key=tbl.setting_order) == [
+        "3 labeled", "7 labeled", "5% labeled", "10% labeled"]
+
+
+def test_ablation_tables(store):
+    tables = tbl.ablation_tables(runs(store, dataset="acdc"), "best")
+    assert len(tables) == 2
+    md3, md4 = tbl.render_md(tables[0]), tbl.render_md(tables[1])
+    rows3 = {line.split("|")[1].strip(): line for line in md3.splitlines() if line.startswith("| ")}
+    assert "| 71.0±1.4 / 3.00±0.00 (n=2) | 82.7 / 6.66 |" in rows3["w/o random sampled images (RSI)"]
+    # the full ACTION row: tag none, default augmentation (no augment tag = strong-weak)
+    assert "| **87.0±1.4** / **1.10±0.14** (n=2) | 87.5 / 1.12 |" in rows3["ACTION (full)"]
+    assert "| — | 60.6 / 6.64 |" in rows3["Vanilla (BYOL only)"]  # no runs: published only
+    rows4 = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in md4.splitlines() if line.startswith("| ")}
+    assert "| 50.0 / 9.00 (n=1) | 84.6 / 1.78 |" in rows4[("weak", "weak")]
+    assert "| **87.0±1.4** / **1.10±0.14** (n=2) | 87.5 / 1.12 |" in rows4[("strong", "weak")]
+    assert "| — | 86.5 / 1.89 |" in rows4[("strong", "strong")]
+    assert "equal total gradient steps" in md3 and "equal total gradient steps" in md4
+    # runs of the phantom-free "toy" dataset have no action runs -> no ablation tables
+    assert tbl.ablation_tables(runs(store, dataset="toy"), "best") == []
+
+
+def cli_app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("table")(table_command)
+
+    @app.callback()
+    def main() -> None:  # keeps "table" a subcommand, as in the real CLI
+        pass
+
+    return app
+
+
+def test_cli_formats_output_and_filters(store, tmp_path):
+    runner = CliRunner()
+    app = cli_app()
+    res = runner.invoke(app, ["table", "--tracking-uri", store, "--dataset", "acdc", "--format", "md"])
+    assert res.exit_code == 0, res.output
+    assert "**87.0±1.4**" in res.output
+    out = tmp_path / "t" / "table.csv"
+    res = runner.invoke(app, ["table", "--tracking-uri", store, "--format", "csv", "--output", str(out),
+                              "--method", "mt", "--method", "action", "--dataset", "acdc"])
+    assert res.exit_code == 0, res.output
+    assert set(pd.read_csv(out)["method"]) == {"mt", "action"}
+    res = runner.invoke(app, ["table", "--tracking-uri", store, "--dataset", "acdc", "--ablation"])
+    assert res.exit_code == 0, res.output
+    assert "Table 3 layout" in res.output and "Table 4 layout" in res.output  # rich, 80 columns
+    res = runner.invoke(app, ["table", "--tracking-uri", store, "--dataset", "acdc", "--ablation", "--format", "md"])
+    assert "| w/o random sampled images (RSI) | 3a | no-rsi | 71.0±1.4 / 3.00±0.00 (n=2) |" in res.output
+    res = runner.invoke(app, ["table", "--tracking-uri", store, "--dataset", "acdc", "--checkpoint", "nope"])
+    assert res.exit_code != 0
+
+
+def test_cli_no_runs_is_one_line_and_exit_1(store, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    runner = CliRunner()
+    app = cli_app()
+    res = runner.invoke(app, ["table", "--tracking-uri", store, "--dataset", "nope"])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [res.output.strip()]
+    assert "no finished runs matching dataset=nope" in res.output
+    res = runner.invoke(app, ["table", "--results-root", str(tmp_path / "empty")])
+    assert res.exit_code == 1 and "no MLflow store" in res.output
+    assert not (tmp_path / "empty" / "mlflow.db").exists()  # reading never creates a store
+    res = runner.invoke(app, ["table", "--tracking-uri", store, "--dataset", "toy", "--ablation"])
+    assert res.exit_code == 1 and "of method action" in res.output
