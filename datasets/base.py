@@ -41,6 +41,30 @@ class Case:
 
 
 @dataclass
+class SliceSet:
+    """2D training slices of some cases, all at one size (what ``Dataset.load_slices`` returns).
+
+    Slice ``i`` is slice ``slice_index[i]`` of volume ``case_ids[case_index[i]]`` (``case_ids`` as
+    given to ``load_slices``); ``position[i]`` is its relative height ``z / (Z - 1)`` in [0, 1]
+    in the full volume (0 for a one-slice volume).
+    """
+
+    images: np.ndarray  # (N, S, S) float32, normalised
+    labels: np.ndarray  # (N, S, S) uint8 class indices
+    case_index: np.ndarray  # (N,) int32
+    position: np.ndarray  # (N,) float32
+    slice_index: np.ndarray  # (N,) int32, z of the slice in its volume
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @classmethod
+    def empty(cls, size: int) -> "SliceSet":
+        return cls(np.zeros((0, size, size), np.float32), np.zeros((0, size, size), np.uint8),
+                   np.zeros((0,), np.int32), np.zeros((0,), np.float32), np.zeros((0,), np.int32))
+
+
+@dataclass
 class Split:
     """Case ids per role. Saved as JSON next to the run (and under the data root)."""
 
@@ -160,18 +184,46 @@ class Dataset:
         )
 
     # -- slices -----------------------------------------------------------------------------
-    def load_slices(self, case_ids: list[str], size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All axial slices of ``case_ids`` resized to ``size``: (images, labels, case index)."""
-        imgs, labs, idx = [], [], []
-        for i, cid in enumerate(case_ids):
-            case = self.load_case(cid)
-            imgs.append(resize_slices(case.image, size, False))
-            labs.append(resize_slices(case.label, size, True))
-            idx.append(np.full(case.image.shape[0], i, dtype=np.int32))
-        if not imgs:
-            return (np.zeros((0, size, size), np.float32), np.zeros((0, size, size), np.uint8),
-                    np.zeros((0,), np.int32))
-        return np.concatenate(imgs), np.concatenate(labs), np.concatenate(idx)
+    def load_slices(self, case_ids: list[str], size: int) -> SliceSet:
+        """The training slices of ``case_ids`` resized to ``size`` x ``size``.
+
+        That is every axial slice, unless the dataset's ``training_slice_mask`` keeps fewer
+        (LiTS keeps the liver's z-range plus a margin); evaluation reads whole volumes with
+        ``load_case``. Slices come from the slice cache (``ssl_bench.datasets.cache``) when the
+        dataset names its ``source_files``, otherwise they are computed in memory each time.
+        """
+        from .cache import SliceCache
+
+        return SliceCache(self, size).gather(case_ids)
+
+    # -- optional hooks (the slice cache, ``ssl-bench data prepare/info``) ---------------------
+    def source_files(self, case_id: str) -> list[Path] | None:
+        """The files ``load_case(case_id)`` reads; ``None`` disables the slice cache."""
+        return None
+
+    def preprocessing_key(self) -> str:
+        """Describes the intensity/label preprocessing; a change invalidates cached slices."""
+        return ""
+
+    def training_slice_mask(self, label: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray | None:
+        """Which axial slices ``load_slices`` keeps, given a volume's labels at slice size
+        (Z, S, S) and its native spacing (z, y, x) mm: a (Z,) bool array, or ``None`` for all."""
+        return None
+
+    def scan(self) -> tuple[list[CaseRef], list[DataError]]:
+        """Every usable case and every problem of the layout (image without label, ...).
+
+        ``cases()`` raises on the first problem; ``ssl-bench data prepare`` lists them all.
+        """
+        try:
+            return self.cases(), []
+        except DataError as exc:
+            return [], [exc]
+
+    @property
+    def cache_name(self) -> str:
+        """Folder name of this dataset in the slice cache."""
+        return getattr(self, "registry_name", type(self).__name__)
 
 
 def select_count(n_train: int, labeled: int | None, ratio: float | None) -> int:
