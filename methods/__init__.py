@@ -8,3 +8,7 @@ from .base import Batch, Method, MethodContext, Stage, StepOutput  # noqa: F401
 from . import supervised  # noqa: F401,E402
 from . import mt  # noqa: F401,E402
 from . import action  # noqa: F401,E402
+from . import cps  # noqa: F401,E402
+from . import gcl  # noqa: F401,E402
+from . import scs  # noqa: F401,E402
+from . import bcp  # noqa: F401,E402
