@@ -12,3 +12,10 @@ from . import cps  # noqa: F401,E402
 from . import gcl  # noqa: F401,E402
 from . import scs  # noqa: F401,E402
 from . import bcp  # noqa: F401,E402
+from . import em  # noqa: F401,E402
+from . import cct  # noqa: F401,E402
+from . import dan  # noqa: F401,E402
+from . import urpc  # noqa: F401,E402
+from . import dct  # noqa: F401,E402
+from . import ict  # noqa: F401,E402
+from . import uamt  # noqa: F401,E402

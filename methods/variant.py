@@ -1,0 +1,16 @@
+"""Published variants of a baseline: a ``variant`` config field picks one, and config fields
+left at ``None`` take that variant's published value (so ``--set variant=ssl4mis`` alone
+reproduces the community code, and an explicit ``--set`` still wins)."""
+from __future__ import annotations
+
+
+def check_variant(method: str, variant: str, choices) -> None:
+    if variant not in choices:
+        raise ValueError(f"{method}: unknown variant {variant!r}; choose one of {', '.join(choices)} "
+                         f"(--set variant=...)")
+
+
+def resolved(cfg, field: str, table: dict):
+    """``cfg.<field>``, or the value ``table[cfg.variant][field]`` when the field is None."""
+    value = getattr(cfg, field)
+    return table[cfg.variant][field] if value is None else value
