@@ -159,7 +159,9 @@ def class_order(dataset: str, found: Iterable[str]) -> list[str]:
     """Foreground classes in the dataset's ``class_names`` order, then any others by name."""
     found = [c for c in found if c != "mean"]
     cls = _dataset_class(dataset)
-    known = [c for c in getattr(cls, "class_names", [])[1:]] if cls is not None else []
+    names = getattr(cls, "class_names", None) if cls is not None else None
+    # a class attribute list (a dataset that computes its names per instance has none here)
+    known = list(names[1:]) if isinstance(names, (list, tuple)) else []
     ordered = [c for c in known if c in found]
     return ordered + sorted(c for c in found if c not in ordered)
 
@@ -168,8 +170,8 @@ def reference_name(dataset: str, reference: pd.DataFrame) -> str | None:
     """The real dataset whose published figures apply (``reference_name`` of the class)."""
     cls = _dataset_class(dataset)
     ref = getattr(cls, "reference_name", None) if cls is not None else None
-    if ref:
-        return str(ref)
+    if isinstance(ref, str) and ref:
+        return ref
     return dataset if dataset in set(reference["dataset"]) else None
 
 

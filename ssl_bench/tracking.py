@@ -504,12 +504,16 @@ def find_run_dirs(results_root: str | Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob("tags.json") if "mlartifacts" not in p.relative_to(root).parts)
 
 
-def rebuild_index(results_root: str | Path, tracking_uri: str | None = None) -> list[str]:
+def rebuild_index(results_root: str | Path, tracking_uri: str | None = None,
+                  include_running: bool = False) -> list[str]:
     """Recreate the MLflow run of every run dir whose ``mlflow_run_id`` is missing from the store
     (e.g. the database was deleted). Tags from tags.json, params from config.json, curves from
     log.jsonl, final metrics from metrics.json, status from tags.json (a ``running`` run with a
     finished metrics.json counts as finished). Writes the new id to ``mlflow_run_id`` and returns
-    the new run ids. Runs already in the store are left alone, so it can be run any time."""
+    the new run ids. Runs already in the store are left alone, so it can be run any time.
+
+    Runs still marked ``running`` are skipped unless ``include_running``: a live job owns its
+    ``mlflow_run_id`` (a job killed without a status is recorded as RUNNING when included)."""
     from mlflow.entities import Metric
 
     results_root = Path(results_root)
@@ -531,6 +535,9 @@ def rebuild_index(results_root: str | Path, tracking_uri: str | None = None) -> 
         status = str(tags.get("status", "running"))
         if status == "running" and final.get("status") == "finished":
             status = "finished"
+        if status == "running" and not include_running:
+            log.warning("skipping %s: still marked running (pass include_running=True)", run_dir)
+            continue
         tags["status"] = status
         run_name = str(tags.get("run_name") or run_dir.name)
         exp_name = str(tags.get("experiment") or DEFAULT_EXPERIMENT)

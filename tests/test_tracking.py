@@ -214,6 +214,7 @@ def test_rebuild_index_recreates_runs_from_run_dirs(tmp_path, store):
     done.set_status("finished")
     failed = make_tracker(tmp_path, "failed").start()
     failed.set_status("failed", "diverged")
+    live = make_tracker(tmp_path, "live").start()  # a job still running owns its run id
     # the store is lost: rebuild into a fresh one (same as deleting mlflow.db between processes)
     uri = store(tmp_path / "fresh")
     created = tracking.rebuild_index(root, uri)
@@ -229,6 +230,9 @@ def test_rebuild_index_recreates_runs_from_run_dirs(tmp_path, store):
     assert [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")] == [0.9, 0.4]
     assert (done.run_dir / "mlflow_run_id").read_text().strip() == run.info.run_id
     assert tracking.rebuild_index(root, uri) == []  # idempotent
+    assert (live.run_dir / "mlflow_run_id").read_text().strip() == live.run_id
+    (revived,) = tracking.rebuild_index(root, uri, include_running=True)
+    assert client.get_run(revived).info.status == "RUNNING"
 
 
 def test_final_metrics_reads_engine_and_flat_formats():
@@ -257,3 +261,12 @@ def test_package_versions_and_git_commit(tmp_path):
     sub = repo / "pkg"
     sub.mkdir()
     assert tracking.git_commit(sub) == "unknown"  # inside a repository, but not its top level
+
+
+def test_context_manager_marks_failed_on_exception(tmp_path, store):
+    store(tmp_path / "results")
+    with pytest.raises(KeyError):
+        with make_tracker(tmp_path) as t:
+            raise KeyError("boom")
+    run = MlflowClient(t.tracking_uri).get_run(t.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["ssl_bench.status_message"] == "KeyError: 'boom'"
