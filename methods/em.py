@@ -1,8 +1,8 @@
 """EM: entropy minimisation (Vu, Jain, Bucher, Cord & Perez, "ADVENT: Adversarial Entropy
 Minimization for Domain Adaptation in Semantic Segmentation", CVPR 2019, the "MinEnt" loss).
 
-The unlabeled term is ADVENT's Eq. 1-2: the pixel-wise entropy of the softmax normalised by
-log C (values in [0, 1]), averaged over the unlabeled pixels. Its weight ramps up with a
+The unlabeled term is ADVENT's direct entropy minimisation (MinEnt): the pixel-wise entropy of
+the softmax normalised by log C (values in [0, 1]), averaged over the unlabeled pixels. Its weight ramps up with a
 sigmoid over ``rampup`` of the budget.
 
 Weight: ADVENT's lambda_ent = 0.001 was tuned for GTA5 -> Cityscapes adaptation, next to an

@@ -5,7 +5,7 @@ The student's prediction on a mixup of two unlabeled slices is pulled towards th
 the EMA teacher's predictions on the two slices:
   u_mix = lam u_j + (1 - lam) u_k,   target = lam T(u_j) + (1 - lam) T(u_k),
   L_u = MSE(softmax(S(u_mix)), target)  (element-wise mean),   lam ~ Beta(alpha, alpha).
-T(.) are the teacher's softmax probabilities, as in the paper's Eq. (the authors' code mixes
+T(.) are the teacher's softmax probabilities, as the paper writes it (the authors' code mixes
 the teacher's logits before the softmax instead).
 
 ``variant="paper"`` (the paper's CIFAR-10 setting, the values its code ships): one lam per

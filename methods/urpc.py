@@ -10,8 +10,8 @@ inputs are perturbed during training: dropout (p = 0.5) on the deepest, F-Drop (
 0.9)) on the next and F-Noise (U(-0.3, 0.3)) on the shallowest auxiliary level. The supervised
 loss is averaged over the S scales.
 
-Unlabeled term, the paper's Eq. 2-4 (``variant="paper"``): with p_s the scale-s softmax and
-p_c = mean_s p_s,
+Unlabeled term, the paper's Eq. 4 with its uncertainty D_s and weights w_s
+(``variant="paper"``): with p_s the scale-s softmax and p_c = mean_s p_s,
   D_s = sum_c p_s log(p_s / p_c)          (KL(p_s || p_c), the uncertainty of scale s)
   w_s = exp(-D_s)
   L = 1/S sum_s [ sum_v w_s ||p_s - p_c||^2 / sum_v w_s ] + 1/S sum_s mean_v D_s

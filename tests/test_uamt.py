@@ -55,3 +55,14 @@ def test_teacher_makes_t_stochastic_passes():
     assert len(calls) == 1 + 5  # the consistency target, then T uncertainty passes
     assert not torch.allclose(calls[1], calls[2])  # dropout and input noise differ per pass
     assert all(p.grad is None for p in method.teacher.parameters())
+
+
+def test_unlabeled_term_has_a_gradient_where_the_mask_is_open(monkeypatch):
+    # at random init the teacher's entropy is close to ln C, so the ramped threshold can close
+    # the whole mask; with a confident teacher the term must reach the student
+    method, batch = tiny_setup("uamt")
+    monkeypatch.setattr(method, "teacher_uncertainty", lambda u: torch.zeros(u.shape[0], *u.shape[2:]))
+    out = method.training_step(batch, 5)
+    assert out.terms["mask_fraction"] == 1.0
+    grads = torch.autograd.grad(out.unsup, method.trainable_parameters(), allow_unused=True)
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
