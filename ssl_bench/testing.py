@@ -48,8 +48,13 @@ def tiny_setup(name: str, overrides: dict | None = None, size: int = 32, num_cla
     return method, tiny_batch(size=size, num_classes=num_classes, seed=seed)
 
 
-def check_stage(method, batch, step: int = 5) -> dict:
-    """Run one optimisation step in the current stage and return what was observed."""
+def check_stage(method, batch, step: int | None = None) -> dict:
+    """Run one optimisation step in the current stage and return what was observed.
+
+    By default the step is the end of the budget, where ramp-ups are complete: a gated term
+    (UAMT's uncertainty mask, a confidence threshold) is then as open as the method makes it."""
+    if step is None:
+        step = max(method.ctx.total_iterations - 1, 0)
     method.train(True)
     params = method.trainable_parameters()
     assert params, f"{method.stage}: no trainable parameters"
