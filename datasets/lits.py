@@ -79,6 +79,7 @@ def find_lits_files(top: Path, numbers: range) -> LitsLayout:
                         f"volumes (or Task03_Liver) as --data-root")
     found: dict[str, dict[str, dict[int, list[Path]]]] = {
         "lits": {"image": {}, "label": {}}, "msd": {"image": {}, "label": {}}}
+    msd_files: list[tuple[str, int, Path]] = []
     for folder, names in _walk(top, MAX_SEARCH_DEPTH):
         for name in names:
             if m := _LITS_IMAGE.match(name):
@@ -86,8 +87,13 @@ def find_lits_files(top: Path, numbers: range) -> LitsLayout:
             elif m := _LITS_LABEL.match(name):
                 found["lits"]["label"].setdefault(int(m.group(1)), []).append(folder / name)
             elif (m := _MSD_FILE.match(name)) and folder.name in ("imagesTr", "labelsTr"):
-                kind = "image" if folder.name == "imagesTr" else "label"
-                found["msd"][kind].setdefault(int(m.group(1)), []).append(folder / name)
+                msd_files.append(("image" if folder.name == "imagesTr" else "label", int(m.group(1)), folder / name))
+    # an MSD task folder has imagesTr/liver_N.nii.gz; an nnU-Net conversion of it (imagesTr/liver_N_0000)
+    # shares only the label names, and is not this layout
+    msd_tasks = {path.parent.parent for kind, _, path in msd_files if kind == "image"}
+    for kind, n, path in msd_files:
+        if path.parent.parent in msd_tasks:
+            found["msd"][kind].setdefault(n, []).append(path)
     present = [k for k in ("lits", "msd") if found[k]["image"] or found[k]["label"]]
     if not present:
         raise DataError(f"no LiTS data found under {top}: looked (up to {MAX_SEARCH_DEPTH} folders deep) "

@@ -175,6 +175,14 @@ def index_cases(info: NnUNetInfo) -> NnUNetLayout:
     return out
 
 
+class _ClassNamesFromJson:
+    """``class_names`` read from dataset.json on an instance; ``[]`` on the class (no folder yet),
+    so that code listing registered datasets can still slice it."""
+
+    def __get__(self, obj, objtype=None) -> list[str]:
+        return [] if obj is None else obj.info.class_names
+
+
 @register_dataset("nnunet", description="Any nnU-Net raw dataset folder (single channel, NIfTI)",
                   paper="Isensee et al., nnU-Net, Nature Methods 2021 (raw data format)")
 class NnUNetRaw(Dataset):
@@ -191,9 +199,7 @@ class NnUNetRaw(Dataset):
     def info(self) -> NnUNetInfo:
         return read_dataset_json(find_dataset_folder(self.root))
 
-    @property
-    def class_names(self) -> list[str]:  # type: ignore[override]
-        return self.info.class_names
+    class_names = _ClassNamesFromJson()  # type: ignore[assignment]
 
     @property
     def cache_name(self) -> str:

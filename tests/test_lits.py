@@ -141,3 +141,13 @@ def test_load_slices_applies_the_training_rule_and_reports_positions(tmp_path):
     full = LiTS(tmp_path).load_slices(["lits-000"], 16)  # 20 mm margin > the volume: every slice
     assert full.slice_index.tolist() == [0, 1, 2, 3]
     np.testing.assert_allclose(full.position, [0, 1 / 3, 2 / 3, 1], rtol=1e-6)
+
+
+def test_an_nnunet_conversion_beside_the_msd_task_is_not_mistaken_for_it(tmp_path):
+    make_msd_liver(tmp_path, [0, 100])
+    converted = tmp_path / "nnUNet_raw" / "Dataset003_Liver"
+    hu, label = ct_pair(0)
+    write_nifti(converted / "imagesTr" / "liver_0_0000.nii.gz", hu, SPACING, dtype=np.int16)
+    write_nifti(converted / "labelsTr" / "liver_0.nii.gz", label, SPACING, dtype=np.uint8)
+    refs, problems = LiTS(tmp_path).scan()
+    assert problems == [] and [r.case_id for r in refs] == ["lits-000", "lits-100"]

@@ -95,3 +95,7 @@ def test_load_slices_through_the_cache(tmp_path):
     s = ds.load_slices(["toy_000", "toy_001"], 8)
     assert s.images.shape == (6, 8, 8) and s.case_index.tolist() == [0, 0, 0, 1, 1, 1]
     assert (folder / ".ssl_bench_cache" / "nnunet" / "Dataset501_Toy" / "8" / "toy_000.json").is_file()
+
+
+def test_class_level_class_names_is_an_empty_list_for_listings():
+    assert NnUNetRaw.class_names == [] and NnUNetRaw.class_names[1:] == []
