@@ -67,7 +67,7 @@ class PreparedRun:
 def prepare(spec: RunSpec, data_root_dir: Path, results_root_dir: Path) -> PreparedRun:
     method_cls = get_method_class(spec.method)
     dataset_cls = get_dataset_class(spec.dataset)
-    train_cfg, method_cfg = resolve(spec, method_cls)
+    train_cfg, method_cfg = resolve(spec, method_cls, getattr(dataset_cls, "train_defaults", None))
     if spec.ratio is not None and not 0 < spec.ratio <= 1:
         raise ValueError(f"--ratio {spec.ratio} is out of range: use a fraction in (0, 1], e.g. 0.05")
     if spec.labeled is not None and spec.labeled < 1:

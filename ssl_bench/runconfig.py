@@ -76,8 +76,10 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
     return train, method
 
 
-def resolve(spec: RunSpec, method_cls) -> tuple[TrainConfig, Any]:
-    train_over, method_over = split_overrides(spec.overrides)
+def resolve(spec: RunSpec, method_cls, dataset_defaults: dict[str, Any] | None = None
+            ) -> tuple[TrainConfig, Any]:
+    """Defaults < the dataset's training defaults (phantom presets) < the run's ``--set``."""
+    train_over, method_over = split_overrides({**(dataset_defaults or {}), **spec.overrides})
     train_cfg = apply_overrides(TrainConfig(), train_over, where="train config")
     method_cfg = apply_overrides(method_cls.Config(), method_over,
                                  where=f"method {spec.method} config")
