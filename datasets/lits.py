@@ -11,8 +11,9 @@ may be the LiTS folder or a parent of it; hidden folders and ``lits-phantom/`` a
 ``lits``  the challenge release: ``volume-N.nii`` and ``segmentation-N.nii`` (``.nii.gz`` too),
           possibly in subfolders such as ``Training Batch 1/`` and ``Training Batch 2/``.
 ``msd``   the Medical Segmentation Decathlon's ``Task03_Liver``: ``imagesTr/liver_N.nii.gz`` and
-          ``labelsTr/liver_N.nii.gz`` (the same 131 volumes with the same numbers;
-          ``imagesTs/``, which has no labels, is ignored).
+          ``labelsTr/liver_N.nii.gz`` (the same 131 volumes, with some voxel spacings corrected
+          by the MSD organisers; ``liver_N`` is taken to be LiTS ``volume-N``, so the protocol
+          numbers apply unchanged; ``imagesTs/``, which has no labels, is ignored).
 
 One registered name, ``lits``, reads both: a root holding both layouts is an error (point the
 data root at one of them). Case ids are ``lits-NNN`` in either layout.
