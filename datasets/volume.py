@@ -60,7 +60,8 @@ def check_ct_hu(image: np.ndarray, path: Path | str) -> None:
 
 def normalise_ct(image: np.ndarray, hu_min: float, hu_max: float, path: Path | str = "") -> np.ndarray:
     """Clip to the HU window [hu_min, hu_max], then scale the scan's own min/max to [0, 1]."""
-    out = np.clip(image.astype(np.float32, copy=False), hu_min, hu_max)
+    out = image.astype(np.float32)  # a copy: clipped and scaled in place below (big CT volumes)
+    np.clip(out, hu_min, hu_max, out=out)
     lo, hi = float(out.min()), float(out.max())
     if hi <= lo:
         raise DataError(f"{path}: no contrast inside the HU window [{hu_min:g}, {hu_max:g}] (every "
@@ -72,11 +73,11 @@ def normalise_ct(image: np.ndarray, hu_min: float, hu_max: float, path: Path | s
 
 def normalise_percentile(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
     """Clip to the scan's [low, high] percentiles, then min-max scale to [0, 1] (float32)."""
-    image = image.astype(np.float32, copy=False)
-    lo, hi = (float(v) for v in np.percentile(image, [low, high]))
+    out = image.astype(np.float32)  # a copy: clipped and scaled in place below
+    lo, hi = (float(v) for v in np.percentile(out, [low, high]))
     if hi <= lo:  # mostly-constant scan (check_pair rejected truly constant ones): plain min-max
-        lo, hi = float(image.min()), float(image.max())
-    out = np.clip(image, lo, hi)
+        lo, hi = float(out.min()), float(out.max())
+    np.clip(out, lo, hi, out=out)
     out -= lo
     out *= 1.0 / max(hi - lo, 1e-8)
     return out
