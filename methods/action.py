@@ -97,6 +97,8 @@ class ActionConfig:
         for key in ("student_aug", "teacher_aug"):
             if getattr(self, key) not in AUGS:
                 raise ConfigError(f"action: {key}={getattr(self, key)!r}; use weak or strong")
+        if self.bank_size < 1 or self.local_grid < 1:
+            raise ConfigError(f"action: bank_size={self.bank_size}, local_grid={self.local_grid}; both must be >= 1")
         if len(self.stage_epochs) != 3 or min(self.stage_epochs) <= 0:
             raise ConfigError(f"action: stage_epochs={self.stage_epochs}; give three positive epoch counts")
 

@@ -92,14 +92,16 @@ def bilinear_at(feat: torch.Tensor, b: torch.Tensor, y: torch.Tensor, x: torch.T
         s = ((idx.float() + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
         i0 = s.floor().long().clamp_max(n_in - 1)
         i1 = (i0 + 1).clamp_max(n_in - 1)
-        return i0, i1, (s - i0.float()).unsqueeze(1).to(feat.dtype)
+        return i0, i1, s - i0.float()
 
     y0, y1, wy = source(y, h, H)
     x0, x1, wx = source(x, w, W)
-    f = feat.permute(0, 2, 3, 1)  # (B, h, w, C): row gathers
-    top = f[b, y0, x0] * (1 - wx) + f[b, y0, x1] * wx
-    bottom = f[b, y1, x0] * (1 - wx) + f[b, y1, x1] * wx
-    return top * (1 - wy) + bottom * wy
+    # one gather of the four neighbours from the (B, C, h*w) view: much faster forward and
+    # backward than four gathers from a permuted (B, h, w, C) view
+    pix = torch.cat([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1])
+    corners = feat.flatten(2)[b.repeat(4), :, pix]  # (4N, C)
+    weights = torch.cat([(1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx])
+    return (corners * weights.to(feat.dtype).unsqueeze(1)).view(4, len(b), -1).sum(0)
 
 
 class RepresentationHead(nn.Module):
