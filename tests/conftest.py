@@ -19,15 +19,14 @@ def mlflow_template_db(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch, mlflow_template_db):
+def _isolated_env(tmp_path, tmp_path_factory, monkeypatch, mlflow_template_db):
     """Every test gets its own data and results roots and its own MLflow store (a copy of the
     template); nothing leaks into the checkout."""
     import shutil
 
     monkeypatch.setenv("SSL_BENCH_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("SSL_BENCH_RESULTS", str(tmp_path / "results"))
-    store = tmp_path / "mlflow-store" / "mlflow.db"
-    store.parent.mkdir()
+    store = tmp_path_factory.mktemp("mlflow-store") / "mlflow.db"  # outside tmp_path: tests own it
     shutil.copyfile(mlflow_template_db, store)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     torch.manual_seed(0)
