@@ -43,7 +43,7 @@ from .acdc import ACDC
 from .base import DataError, Split, select_count
 from .io import write_nifti
 
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2
 PHANTOM_FOLDER = "acdc-phantom"
 MARKER = ".ssl_bench_phantom"
 N_PATIENTS = 30
@@ -73,10 +73,10 @@ class _Anatomy:
         self.fat = u(2.5, 5.0)
         self.heart = np.array([half + u(-8, 8), half + u(-8, 4)])  # LV centre (x, y) at the base
         self.drift = rng.normal(0, 3, size=2)  # centre shift from base to apex
-        self.rv_angle = np.pi + u(-0.7, 0.7)  # direction from LV to RV
-        self.lv_radius = u(11, 16)
+        self.rv_angle = np.pi + u(-1.0, 1.0)  # direction from LV to RV
+        self.lv_radius = u(8, 17)
         self.ellipticity = u(0.8, 1.0)
-        self.myo = u(3.0, 5.0)
+        self.myo = u(2.5, 5.5)
         self.myo_wave = (u(0.1, 0.35), u(0, 2 * np.pi))  # thickness varies around the ring
         self.rv_shape = (u(0.6, 1.0), u(1.1, 1.6), u(-3, 3), u(0.7, 0.95))  # ra, rb, v shift, offset
         self.rv_reach = u(0.65, 0.9)  # fraction of the stack (from the base) where the RV shows
@@ -84,9 +84,12 @@ class _Anatomy:
         self.lungs = [(u(16, 24), u(10, 16), u(-0.4, 0.4)) for _ in range(2)]
         self.liver = (u(-22, -10), u(14, 26), u(14, 22), u(10, 16))
         self.aorta = (u(-6, 10), u(22, 28), u(3.5, 5.0))
-        self.tissue = {"blood": u(0.85, 1.05), "rv_blood": u(0.75, 0.95), "myo": u(0.18, 0.32),
-                       "soft": u(0.28, 0.4), "fat": u(0.65, 0.85), "lung": u(0.02, 0.06),
-                       "liver": u(0.4, 0.52), "spine": u(0.12, 0.2)}
+        # bright fat/vessel blobs beside the heart: unlabelled look-alikes of the blood pools
+        self.blobs = [(u(0, 2 * np.pi), u(1.0, 1.6), u(2.0, 5.0)) for _ in range(int(rng.integers(0, 3)))]
+        # contrasts vary per patient (scanner, sequence), so a few patients do not cover them all
+        self.tissue = {"blood": u(0.8, 1.05), "rv_blood": u(0.7, 0.95), "myo": u(0.12, 0.35),
+                       "soft": u(0.2, 0.45), "fat": u(0.55, 0.95), "lung": u(0.02, 0.06),
+                       "liver": u(0.3, 0.6), "spine": u(0.12, 0.2)}
         self.scale = u(150, 900)
 
 
@@ -140,6 +143,11 @@ def _draw_frame(a: _Anatomy, rng: np.random.Generator, es: bool) -> tuple[np.nda
             rv_wall = (inside < (1.0 + 2.2 / min(ra, rb)) ** 2) & ~rv & ~epi
         img[(r < cavity_r + wall + 3) | rv_wall] = t_["soft"]  # pericardial tissue
         img[rv_wall] = t_["myo"]
+        epi_now = cavity_r + a.myo * thicken
+        for ang, dist, br in a.blobs:  # placed outside the heart, drawn before it (never over it)
+            bxc = cx + dist * (epi_now + br) * np.cos(a.rv_angle + np.pi / 2 + ang)
+            byc = cy + dist * (epi_now + br) * np.sin(a.rv_angle + np.pi / 2 + ang)
+            img[_ellipse(xx, yy, bxc, byc, br, br * 0.8) & body] = t_["fat"]
         img[rv] = t_["rv_blood"]
         img[epi] = t_["myo"]
         img[cavity] = t_["blood"]
@@ -158,12 +166,12 @@ def _draw_frame(a: _Anatomy, rng: np.random.Generator, es: bool) -> tuple[np.nda
 
     # smooth multiplicative bias field across the stack
     gx, gy = (xx - size / 2) / size * 2, (yy - size / 2) / size * 2
-    coef = rng.normal(0, 0.15, size=5)
+    coef = rng.normal(0, 0.25, size=5)
     bias = np.exp(coef[0] * gx + coef[1] * gy + coef[2] * gx * gy + coef[3] * gx ** 2 + coef[4] * gy ** 2)
     zbias = 1 + rng.normal(0, 0.04) * np.linspace(-1, 1, nz)
     image = image * bias[None] * zbias[:, None, None]
     # Rician noise: magnitude of a complex signal with Gaussian noise on both channels
-    sigma = rng.uniform(0.02, 0.06)
+    sigma = rng.uniform(0.02, 0.09)
     image = np.sqrt((image + rng.normal(0, sigma, image.shape)) ** 2 + rng.normal(0, sigma, image.shape) ** 2)
     return np.round(image * a.scale).astype(np.int16), label
 
@@ -203,17 +211,25 @@ def write_phantom(folder: Path, n_patients: int | None = None) -> None:
     (folder / MARKER).write_text(f"{PHANTOM_VERSION}\n")
 
 
+def _check_version(folder: Path) -> Path:
+    found = (folder / MARKER).read_text().strip()
+    if found != str(PHANTOM_VERSION):
+        raise DataError(f"{folder} holds phantom version {found}, but this ssl-bench generates version "
+                        f"{PHANTOM_VERSION}; delete that folder and it is generated again on next use")
+    return folder
+
+
 def ensure_phantom(root: Path) -> Path:
     """The phantom folder under ``root``, generated (atomically) if it is not there yet."""
     root = Path(root)
     if (root / MARKER).is_file():  # the root is the phantom folder itself
-        return root
+        return _check_version(root)
     target = root / PHANTOM_FOLDER
     if target.exists():
         if not (target / MARKER).is_file():
             raise DataError(f"{target} exists but is not an ssl-bench phantom (no {MARKER} file); "
                             f"move it away or pass another --data-root")
-        return target
+        return _check_version(target)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{PHANTOM_FOLDER}.tmp-"))
     try:

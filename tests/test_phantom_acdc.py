@@ -122,3 +122,11 @@ def test_foreign_folder_is_not_overwritten(tmp_path):
     with pytest.raises(DataError, match="not an ssl-bench phantom"):
         ACDCPhantom(tmp_path).cases()
     assert (tmp_path / "acdc-phantom" / "mine.txt").read_text() == "keep"
+
+
+def test_phantom_of_another_version_is_not_mixed_in(tmp_path):
+    folder = tmp_path / "acdc-phantom"
+    folder.mkdir()
+    (folder / phantom.MARKER).write_text("0\n")
+    with pytest.raises(DataError, match="version 0.*delete"):
+        ensure_phantom(tmp_path)
