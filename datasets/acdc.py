@@ -8,7 +8,8 @@ or a parent holding ``ACDC/``):
 
 ``raw``  the challenge release: ``training/patientNNN/patientNNN_frameFF.nii.gz``, its
          ``patientNNN_frameFF_gt.nii.gz`` and ``Info.cfg`` (ED and ES frame numbers); ``testing/``
-         with the same structure when present. Spacing comes from the NIfTI headers.
+         with the same structure when present (a ``testing/`` without any ``_gt`` file, as in the
+         2017 release, is skipped with a warning). Spacing comes from the NIfTI headers.
 ``h5``   the preprocessed copy shared by SSL4MIS and the papers that reuse it: volumes
          ``data/patientNNN_frame0F.h5`` (datasets ``image``, ``label``, arrays (Z, Y, X)) and 2D
          slices ``data/slices/*.h5``, with ``train.list``/``val.list``/``test.list`` beside ``data/``.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from importlib.resources import files
@@ -145,6 +147,11 @@ def index_raw(base: Path, errors: list[DataError] | None = None) -> dict[str, _S
     for folder in ("training", "testing"):
         sub = base / folder
         if not sub.is_dir():
+            continue
+        if folder == "testing" and not any(sub.glob("patient*/*_gt.nii*")):
+            # the 2017 release shipped the test patients without labels: nothing to evaluate on
+            warnings.warn(f"{sub}: no ground truth (*_gt.nii.gz) in this folder (the 2017 test "
+                          f"release had none); its patients are not used", stacklevel=2)
             continue
         for pdir in sorted(p for p in sub.iterdir() if p.is_dir() and _PATIENT_DIR.match(p.name)):
             try:

@@ -337,3 +337,17 @@ def test_source_files_name_what_load_case_reads(tmp_path):
                                                      pdir / "patient001_frame12_gt.nii.gz"]
     assert ds.source_files("patient009_frame01") is None
     assert "min-max" in ds.preprocessing_key()
+
+
+def test_testing_folder_without_any_ground_truth_is_skipped_with_a_warning(tmp_path):
+    write_raw_patient(tmp_path / "training", 1)
+    pdir = write_raw_patient(tmp_path / "testing", 101)
+    for gt in pdir.glob("*_gt.nii.gz"):
+        gt.unlink()
+    with pytest.warns(UserWarning, match="no ground truth"):
+        refs = ACDC(tmp_path).cases()
+    assert {r.patient_id for r in refs} == {"patient001"}
+    (pdir.parent / "patient102").mkdir()  # but one labelled patient makes a missing _gt an error
+    write_raw_patient(tmp_path / "testing", 103)
+    with pytest.raises(DataError, match="patient101"):
+        ACDC(tmp_path).cases()
