@@ -30,5 +30,5 @@ def anco(image_size: int = typer.Option(256, help="slice side in pixels"),
         raise typer.BadParameter(str(exc)) from None
     o = rep["overhead"]
     typer.echo(f"AnCo adds {o['peak_memory_pct']:+.1f}% peak memory ({o['step_memory_pct']:+.1f}% of the "
-               f"step's own peak) and {o['time_pct']:+.1f}% time per step; "
+               f"step's own peak) and {o['time_pct']:+.1f}% wall / {o['cpu_time_pct']:+.1f}% CPU time per step; "
                f"written to {out_dir}/anco_{device.split(':')[0]}.md")

@@ -34,6 +34,7 @@ def test_bench_anco_cli_writes_reports(tmp_path):
     assert w["trainable_parameters"] > wo["trainable_parameters"]  # H_r is trained only with AnCo
     for v in (w, wo):
         assert v["peak_bytes"] > v["step_peak_bytes"] > 0 and len(v["step_seconds"]) == 2
+        assert v["cpu_seconds_per_step"] > 0
     md = (tmp_path / "anco_cpu.md").read_text()
     assert "| with AnCo (`none`) |" in md and "AnCo adds" in md
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
