@@ -158,6 +158,28 @@ def ui(
                                       "--host", host, "--port", str(port)]))
 
 
+def bench_steps(
+    method: list[str] = typer.Option([], "--method", help="methods to time (default: all)"),
+    image_size: int = typer.Option(112, help="slice side in pixels"),
+    labeled_bs: int = typer.Option(12, help="labeled slices per iteration"),
+    unlabeled_bs: int = typer.Option(12, help="unlabeled slices per iteration"),
+    steps: int = typer.Option(3, help="timed iterations per stage (after one warm-up)"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    out_dir: Path = typer.Option(Path("results/bench"), help="where steps_<device>_<size>px.json/.md go"),
+):
+    """Seconds per training iteration of every method (each stage, budget-weighted)."""
+    from ssl_bench.bench_steps import run as run_steps
+
+    def show(r):
+        console.print(f"{r['method']:>10}: {r['seconds_per_step']:.3f} s/iteration")
+
+    try:
+        run_steps(method or None, image_size, labeled_bs, unlabeled_bs, steps, 1, device, out_dir, show)
+    except _user_errors() as exc:
+        fail(str(exc))
+    console.print(f"written to {out_dir}/steps_{device.split(':')[0]}_{image_size}px.md")
+
+
 def _mount() -> None:
     here = Path(__file__).parent
     if (here / "cli_data.py").exists():
@@ -167,6 +189,7 @@ def _mount() -> None:
     if (here / "cli_bench.py").exists():
         from ssl_bench.cli_bench import bench_app
 
+        bench_app.command("steps")(bench_steps)
         app.add_typer(bench_app, name="bench", help="speed and memory benchmarks (written to results/)")
     if (here / "cli_table.py").exists():
         from ssl_bench import cli_table

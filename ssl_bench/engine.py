@@ -248,6 +248,8 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
     write_json(run_dir / "config.json", run.resolved)
 
     device = pick_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     seed_everything(spec.seed, cfg.deterministic)
     aug = Augmenter(cfg.augment)
     from ssl_bench.methods.base import MethodContext

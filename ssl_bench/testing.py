@@ -87,7 +87,7 @@ def check_stage(method, batch, step: int | None = None) -> dict:
         moved = any(not torch.equal(a, b) for a, b in zip(before[k], t.parameters()))
         close = all(torch.allclose(e, a, atol=1e-6) for e, a in zip(exp, t.parameters()))
         ema_ok[k] = moved and close
-    return {"loss": float(out.loss), "missing": missing_names, "unsup_grad": unsup_grad,
+    return {"loss": float(out.loss.detach()), "missing": missing_names, "unsup_grad": unsup_grad,
             "teacher_grads": teacher_grads, "ema_ok": ema_ok, "out": out}
 
 
