@@ -9,12 +9,18 @@
 * ``split_backbone_parameters``: which backbone parameters a stage trains (encoder only, or the
   decoder blocks up to a feature level), found by one probe backward pass so that it works for
   any backbone of ``ssl_bench.nets``.
+* ``PretrainFinetune``: the stage machinery GCL and SCS share (global contrast on the encoder,
+  a method-specific local contrast, then supervised fine-tuning of the whole U-Net).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ssl_bench.losses import supervised_loss
+
+from .base import Method, Stage, StepOutput
 
 _MASKED = -1e9  # a logit that contributes exp(.) = 0 without the NaN gradients of -inf
 
@@ -126,3 +132,66 @@ class GlobalProjection(nn.Module):
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         return self.mlp(feat.float().mean(dim=(2, 3)))
+
+
+class PretrainFinetune(Method):
+    """Three stages sharing the iteration budget: ``global`` (encoder + projection ``g1`` on
+    unlabeled slices), ``local`` (the subclass's local contrast), ``finetune`` (the whole
+    ``student`` on labeled slices with the supervised loss only).
+
+    The config has ``global_fraction`` and ``local_fraction``; the subclass builds ``student``,
+    ``g1`` and ``encoder_params`` and implements ``global_loss``, ``local_loss`` and
+    ``local_parameters``. ``local_uses_labels`` says whether the local stage reads labels; when
+    it does not, its loss is the step's unlabeled term.
+    """
+
+    local_uses_labels: bool = False
+    display_name: str = ""
+
+    def __init__(self, cfg, ctx):
+        fractions = (cfg.global_fraction, cfg.local_fraction)
+        if min(fractions) <= 0 or sum(fractions) >= 1:
+            raise ValueError(f"{self.display_name}: global_fraction and local_fraction must be > 0 "
+                             f"and sum to < 1 (got {cfg.global_fraction} and {cfg.local_fraction})")
+        super().__init__(cfg, ctx)
+
+    def stages(self):
+        cfg = self.cfg
+        return [Stage("global", cfg.global_fraction, uses_labels=False),
+                Stage("local", cfg.local_fraction, uses_labels=self.local_uses_labels),
+                Stage("finetune", 1.0 - cfg.global_fraction - cfg.local_fraction)]
+
+    def local_parameters(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def trainable_parameters(self):
+        if self.stage == "global":
+            return self.encoder_params + list(self.g1.parameters())
+        if self.stage == "local":
+            return self.local_parameters()
+        return list(self.student.parameters())
+
+    def training_step(self, batch, step):
+        if self.stage == "global":
+            loss = self.global_loss(batch)
+            return StepOutput(loss=loss, unsup=loss, terms={"global_contrast": float(loss.detach())})
+        if self.stage == "local":
+            loss = self.local_loss(batch)
+            unsup = None if self.local_uses_labels else loss
+            return StepOutput(loss=loss, unsup=unsup, terms={"local_contrast": float(loss.detach())})
+        sup = supervised_loss(self.student(batch.x_lb), batch.y_lb)
+        return StepOutput(loss=sup, terms={"sup": float(sup.detach())})
+
+    def global_embeddings(self, batch) -> torch.Tensor:
+        """g1 embeddings of two strong augmentations of the raw unlabeled slices, laid out
+        [view 1 of the N slices, view 2 of them]."""
+        aug, g = self.ctx.augment, self.ctx.generator
+        views = torch.cat([aug.strong(batch.x_ulb_raw, None, g)[0],
+                           aug.strong(batch.x_ulb_raw, None, g)[0]])
+        return self.g1(self.student.encode(views)[-1])
+
+    def global_loss(self, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def local_loss(self, batch) -> torch.Tensor:
+        raise NotImplementedError

@@ -35,12 +35,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
-from .base import Method, Stage, StepOutput
-from .contrastive import (GlobalProjection, decoder_level_channels, pair_contrastive_loss,
-                          split_backbone_parameters)
+from .contrastive import (GlobalProjection, PretrainFinetune, decoder_level_channels,
+                          pair_contrastive_loss, split_backbone_parameters)
 
 #: region corners as fractions of the free range (H - size): 3 x 3 grid plus 4 quarter points
 REGION_FRACTIONS = ((0.0, 0.0), (0.0, 0.5), (0.0, 1.0), (0.5, 0.0), (0.5, 0.5), (0.5, 1.0),
@@ -103,16 +101,13 @@ def local_masks(n_regions: int, device=None):
 
 @register_method("gcl", paper="Chaitanya et al., NeurIPS 2020",
                  description="GCL: global (partition) + local contrastive pre-training, then fine-tuning")
-class GCL(Method):
+class GCL(PretrainFinetune):
     Config = GCLConfig
     paper = "Chaitanya et al., NeurIPS 2020"
     display_name = "GCL"
+    local_uses_labels = False
 
     def __init__(self, cfg: GCLConfig, ctx):
-        fractions = (cfg.global_fraction, cfg.local_fraction)
-        if min(fractions) <= 0 or sum(fractions) >= 1:
-            raise ValueError("GCL: global_fraction and local_fraction must be > 0 and sum to < 1 "
-                             f"(got {cfg.global_fraction} and {cfg.local_fraction})")
         super().__init__(cfg, ctx)
         self.student = ctx.make_backbone()
         self.g1 = GlobalProjection(self.student.encoder_channels[-1], cfg.projection_hidden,
@@ -127,37 +122,14 @@ class GCL(Method):
     def modules(self):
         return {"student": self.student, "g1": self.g1, "g2": self.g2}
 
-    def stages(self):
-        cfg = self.cfg
-        return [Stage("global", cfg.global_fraction, uses_labels=False),
-                Stage("local", cfg.local_fraction, uses_labels=False),
-                Stage("finetune", 1.0 - cfg.global_fraction - cfg.local_fraction)]
-
-    def trainable_parameters(self):
-        if self.stage == "global":
-            return self.encoder_params + list(self.g1.parameters())
-        if self.stage == "local":
-            return self.local_decoder_params + list(self.g2.parameters())
-        return list(self.student.parameters())
-
-    def training_step(self, batch, step):
-        if self.stage == "global":
-            loss = self.global_loss(batch)
-            return StepOutput(loss=loss, unsup=loss, terms={"global_contrast": float(loss.detach())})
-        if self.stage == "local":
-            loss = self.local_loss(batch)
-            return StepOutput(loss=loss, unsup=loss, terms={"local_contrast": float(loss.detach())})
-        sup = supervised_loss(self.student(batch.x_lb), batch.y_lb)
-        return StepOutput(loss=sup, terms={"sup": float(sup.detach())})
+    def local_parameters(self):
+        return self.local_decoder_params + list(self.g2.parameters())
 
     def global_loss(self, batch) -> torch.Tensor:
         if batch.pos_ulb is None or batch.case_ulb is None:
             raise ValueError("GCL needs slice positions (batch.pos_ulb) and volume indices "
                              "(batch.case_ulb) of the unlabeled slices; use a volumetric dataset")
-        aug, g = self.ctx.augment, self.ctx.generator
-        views = torch.cat([aug.strong(batch.x_ulb_raw, None, g)[0],
-                           aug.strong(batch.x_ulb_raw, None, g)[0]])
-        z = self.g1(self.student.encode(views)[-1])
+        z = self.global_embeddings(batch)
         positives, negatives = global_masks(batch.pos_ulb.to(z.device), batch.case_ulb.to(z.device),
                                             self.cfg.partitions)
         return pair_contrastive_loss(z, positives, negatives, self.cfg.temperature)

@@ -27,12 +27,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
-from .base import Method, Stage, StepOutput
-from .contrastive import (GlobalProjection, decoder_level_channels, pair_contrastive_loss,
-                          split_backbone_parameters, supervised_contrastive_loss, two_view_masks)
+from .contrastive import (GlobalProjection, PretrainFinetune, decoder_level_channels,
+                          pair_contrastive_loss, split_backbone_parameters,
+                          supervised_contrastive_loss, two_view_masks)
 
 
 @dataclass
@@ -61,20 +60,17 @@ def sample_pixels(feats: torch.Tensor, labels: torch.Tensor, stride: int, max_pi
 
 @register_method("scs", paper="Hu et al., MICCAI 2021",
                  description="SCS: global SimCLR pre-training, supervised pixel contrast, fine-tuning")
-class SCS(Method):
+class SCS(PretrainFinetune):
     Config = SCSConfig
     paper = "Hu et al., MICCAI 2021"
     display_name = "SCS"
+    local_uses_labels = True  # supervised pixel contrast on the labeled slices
 
     def __init__(self, cfg: SCSConfig, ctx):
-        fractions = (cfg.global_fraction, cfg.local_fraction)
-        if min(fractions) <= 0 or sum(fractions) >= 1:
-            raise ValueError("SCS: global_fraction and local_fraction must be > 0 and sum to < 1 "
-                             f"(got {cfg.global_fraction} and {cfg.local_fraction})")
+        super().__init__(cfg, ctx)  # checks the stage fractions first
         if cfg.stride < 1 or cfg.max_pixels < 2:
             raise ValueError("SCS: stride must be >= 1 and max_pixels >= 2 "
                              f"(got {cfg.stride}, {cfg.max_pixels})")
-        super().__init__(cfg, ctx)
         self.student = ctx.make_backbone()
         enc_ch = self.student.encoder_channels[-1]
         self.g1 = GlobalProjection(enc_ch, enc_ch, cfg.projection_dim)
@@ -90,34 +86,11 @@ class SCS(Method):
     def modules(self):
         return {"student": self.student, "g1": self.g1, "local_head": self.local_head}
 
-    def stages(self):
-        cfg = self.cfg
-        return [Stage("global", cfg.global_fraction, uses_labels=False),
-                Stage("local", cfg.local_fraction),
-                Stage("finetune", 1.0 - cfg.global_fraction - cfg.local_fraction)]
-
-    def trainable_parameters(self):
-        if self.stage == "global":
-            return self.encoder_params + list(self.g1.parameters())
-        if self.stage == "local":
-            return self.local_params + list(self.local_head.parameters())
-        return list(self.student.parameters())
-
-    def training_step(self, batch, step):
-        if self.stage == "global":
-            loss = self.global_loss(batch)
-            return StepOutput(loss=loss, unsup=loss, terms={"global_contrast": float(loss.detach())})
-        if self.stage == "local":
-            loss = self.local_loss(batch)
-            return StepOutput(loss=loss, terms={"local_contrast": float(loss.detach())})
-        sup = supervised_loss(self.student(batch.x_lb), batch.y_lb)
-        return StepOutput(loss=sup, terms={"sup": float(sup.detach())})
+    def local_parameters(self):
+        return self.local_params + list(self.local_head.parameters())
 
     def global_loss(self, batch) -> torch.Tensor:
-        aug, g = self.ctx.augment, self.ctx.generator
-        views = torch.cat([aug.strong(batch.x_ulb_raw, None, g)[0],
-                           aug.strong(batch.x_ulb_raw, None, g)[0]])
-        z = self.g1(self.student.encode(views)[-1])
+        z = self.global_embeddings(batch)
         positives, negatives = two_view_masks(batch.x_ulb_raw.shape[0], z.device)
         return pair_contrastive_loss(z, positives, negatives, self.cfg.global_temperature)
 
