@@ -28,10 +28,7 @@ folder is reused as is.
 """
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +38,7 @@ from ssl_bench.registry import register_dataset
 
 from .acdc import ACDC
 from .base import DataError, Split, select_count
+from .generate import ensure_generated
 from .io import write_nifti
 
 PHANTOM_VERSION = 2
@@ -211,39 +209,10 @@ def write_phantom(folder: Path, n_patients: int | None = None) -> None:
     (folder / MARKER).write_text(f"{PHANTOM_VERSION}\n")
 
 
-def _check_version(folder: Path) -> Path:
-    found = (folder / MARKER).read_text().strip()
-    if found != str(PHANTOM_VERSION):
-        raise DataError(f"{folder} holds phantom version {found}, but this ssl-bench generates version "
-                        f"{PHANTOM_VERSION}; delete that folder and it is generated again on next use")
-    return folder
-
-
 def ensure_phantom(root: Path) -> Path:
-    """The phantom folder under ``root``, generated (atomically) if it is not there yet."""
-    root = Path(root)
-    if (root / MARKER).is_file():  # the root is the phantom folder itself
-        return _check_version(root)
-    target = root / PHANTOM_FOLDER
-    if target.exists():
-        if not (target / MARKER).is_file():
-            raise DataError(f"{target} exists but is not an ssl-bench phantom (no {MARKER} file); "
-                            f"move it away or pass another --data-root")
-        return _check_version(target)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{PHANTOM_FOLDER}.tmp-"))
-    try:
-        write_phantom(tmp)
-        os.chmod(tmp, 0o755)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / MARKER).is_file():  # not a concurrent generation that won the race
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """The phantom folder under ``root`` (or ``root`` itself), generated atomically if missing."""
+    return ensure_generated(root, PHANTOM_FOLDER, MARKER, PHANTOM_VERSION, write_phantom,
+                            kind="phantom")
 
 
 # -- the dataset -------------------------------------------------------------------------------

@@ -27,9 +27,6 @@ temporary sibling folder renamed into place; an existing folder is reused as is.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +34,7 @@ from scipy.ndimage import gaussian_filter
 
 from ssl_bench.registry import register_dataset
 
-from .base import DataError
+from .generate import ensure_generated
 from .io import write_nifti
 from .lits import LiTS
 
@@ -176,33 +173,8 @@ def write_phantom(folder: Path) -> None:
 
 def ensure_lits_phantom(root: Path) -> Path:
     """The phantom folder under ``root`` (or ``root`` itself), generated atomically if missing."""
-    root = Path(root)
-    for folder in (root, root / PHANTOM_FOLDER):
-        marker = folder / MARKER
-        if marker.is_file():
-            version = marker.read_text().strip()
-            if version != str(PHANTOM_VERSION):
-                raise DataError(f"{folder} holds lits-phantom version {version}, this ssl-bench draws "
-                                f"version {PHANTOM_VERSION}; delete {folder} to regenerate it")
-            return folder
-    target = root / PHANTOM_FOLDER
-    if target.exists():
-        raise DataError(f"{target} exists but is not an ssl-bench lits-phantom (no {MARKER} file); "
-                        f"move it away or pass another --data-root")
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{PHANTOM_FOLDER}.tmp-"))
-    try:
-        write_phantom(tmp)
-        os.chmod(tmp, 0o755)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / MARKER).is_file():  # lost a race against a concurrent generation: fine
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return ensure_generated(root, PHANTOM_FOLDER, MARKER, PHANTOM_VERSION, write_phantom,
+                            kind="lits-phantom")
 
 
 # -- the dataset -------------------------------------------------------------------------------
