@@ -38,7 +38,6 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -174,19 +173,6 @@ def _in_subprocess(mode: str, **kwargs) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _mib(n: float) -> str:
     return f"{n / 2 ** 20:,.0f}"
 
@@ -252,10 +238,13 @@ def run(image_size: int = 256, batch_size: int = 6, steps: int = 4, device: str 
               "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs",
               "variants": variants, "overhead": overhead}
+    # imported here, not at the top: the measuring worker processes import this module too
+    from ssl_bench.datasets.base import atomic_write_text
+
     out = Path(out_dir)
     tag = device.split(":")[0]
-    _atomic_write(out / f"anco_{tag}.json", json.dumps(report, indent=2) + "\n")
-    _atomic_write(out / f"anco_{tag}.md", _markdown(report))
+    atomic_write_text(out / f"anco_{tag}.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / f"anco_{tag}.md", _markdown(report))
     return report
 
 
