@@ -23,13 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ssl_bench.ema import make_teacher
 from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 from ssl_bench.schedules import sigmoid_rampup
 
-from .base import Method, StepOutput, ramp
-from .mt import input_noise
+from .base import StepOutput, ramp
+from .mt import MeanTeacher, input_noise
 from .variant import check_variant
 
 VARIANTS = ("paper", "ln2")
@@ -70,7 +69,9 @@ def masked_consistency(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 
 @register_method("uamt", description="Uncertainty-aware mean teacher: MC-dropout entropy masks the consistency",
                  paper="Yu et al., MICCAI 2019")
-class UAMT(Method):
+class UAMT(MeanTeacher):
+    """Mean Teacher's student, EMA teacher and noise; only the consistency term differs."""
+
     Config = UAMTConfig
     paper = "Yu et al., MICCAI 2019"
     display_name = "UAMT"
@@ -79,15 +80,7 @@ class UAMT(Method):
         check_variant("uamt", cfg.variant, VARIANTS)
         if cfg.mc_passes < 1:
             raise ValueError(f"uamt: mc_passes must be >= 1 (got {cfg.mc_passes})")
-        super().__init__(cfg, ctx)
-        self.student = ctx.make_backbone()
-        self.teacher = make_teacher(self.student)
-
-    def modules(self):
-        return {"student": self.student, "teacher": self.teacher}
-
-    def teachers(self):
-        return {"teacher": (self.teacher, self.student, self.cfg.ema_momentum)}
+        super().__init__(cfg, ctx)  # the student and its EMA teacher (cfg.ema_momentum)
 
     @torch.no_grad()
     def teacher_uncertainty(self, u: torch.Tensor) -> torch.Tensor:
