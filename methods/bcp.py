@@ -41,6 +41,7 @@ from ssl_bench.ema import make_teacher
 from ssl_bench.registry import register_method
 
 from .base import Method, Stage, StepOutput
+from .variant import check_variant
 
 VARIANTS = ("paper", "lcc")
 
@@ -113,8 +114,7 @@ class BCP(Method):
     display_name = "BCP"
 
     def __init__(self, cfg: BCPConfig, ctx):
-        if cfg.variant not in VARIANTS:
-            raise ValueError(f"BCP: unknown variant {cfg.variant!r}; choose from {', '.join(VARIANTS)}")
+        check_variant("bcp", cfg.variant, VARIANTS)
         if not 0 < cfg.box_ratio < 1 or not 0 < cfg.pretrain_fraction < 1:
             raise ValueError(f"BCP: box_ratio and pretrain_fraction must be in (0, 1) "
                              f"(got {cfg.box_ratio}, {cfg.pretrain_fraction})")

@@ -34,6 +34,7 @@ from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
 from .base import Method, StepOutput, ramp
+from .variant import check_variant
 
 VARIANTS = {
     # variant: (cps weight, ramp-up fraction of the budget, cross term on labeled images too)
@@ -79,8 +80,7 @@ class CPS(Method):
     display_name = "CPS"
 
     def __init__(self, cfg: CPSConfig, ctx):
-        if cfg.variant not in VARIANTS:
-            raise ValueError(f"CPS: unknown variant {cfg.variant!r}; choose from {', '.join(VARIANTS)}")
+        check_variant("cps", cfg.variant, VARIANTS)
         super().__init__(cfg, ctx)
         default_weight, default_rampup, self.cross_on_labeled = VARIANTS[cfg.variant]
         self.cps_weight = default_weight if cfg.cps_weight is None else cfg.cps_weight
