@@ -124,6 +124,8 @@ class Dataset:
     default_setting: str = "labeled"
     #: the ``split`` that ``make_split`` uses unless told otherwise ("random", or e.g. ACDC's "field")
     default_split: str = "random"
+    #: training-config defaults for this dataset (``--set`` syntax), applied below the run's ``--set``
+    train_defaults: dict = {}
 
     def __init__(self, root: Path | str):
         self.root = Path(root)

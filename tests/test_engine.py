@@ -147,3 +147,14 @@ def test_unknown_override_key_is_an_error(tmp_path):
         _prepare(tmp_path, iterationz="3")
     with pytest.raises(ConfigError, match="unknown method mt config key"):
         _prepare(tmp_path, **{"method.consistancy": "3"})
+
+
+def test_dataset_train_defaults_sit_below_the_runs_overrides(tmp_path, monkeypatch):
+    from ssl_bench.registry import get_dataset_class
+
+    cls = get_dataset_class("tiny-test")
+    monkeypatch.setattr(cls, "train_defaults", {"image_size": "16", "lr": "0.5"}, raising=False)
+    run = _prepare(tmp_path, lr="0.02")
+    assert run.train_cfg.image_size == 16 and run.image_size == 16  # from the dataset
+    assert run.train_cfg.lr == 0.02  # the run's --set wins
+    assert run.resolved["train"]["image_size"] == 16  # recorded in config.json
