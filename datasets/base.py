@@ -228,6 +228,14 @@ class Dataset:
         return getattr(self, "registry_name", type(self).__name__)
 
 
+def raise_first_problem(problems: list[DataError]) -> None:
+    """Raise the first of ``problems`` (if any), saying how many more ``data prepare`` would list."""
+    if problems:
+        more = (f" (and {len(problems) - 1} more problem(s); `ssl-bench data prepare` lists them all)"
+                if len(problems) > 1 else "")
+        raise DataError(f"{problems[0]}{more}")
+
+
 def select_count(n_train: int, labeled: int | None, ratio: float | None) -> int:
     if labeled is not None and ratio is not None:
         raise ValueError("give either --labeled or --ratio, not both")

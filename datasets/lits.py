@@ -33,7 +33,7 @@ import numpy as np
 
 from ssl_bench.registry import register_dataset
 
-from .base import Case, CaseRef, DataError, Dataset, Split, select_count
+from .base import Case, CaseRef, DataError, Dataset, Split, raise_first_problem, select_count
 from .io import check_pair, read_nifti
 from .volume import check_ct_hu, normalise_ct, reorient_to_ras
 
@@ -200,10 +200,7 @@ class LiTS(Dataset):
 
     def cases(self) -> list[CaseRef]:
         refs, problems = self.scan()
-        if problems:
-            more = f" (and {len(problems) - 1} more problem(s); `ssl-bench data prepare` lists them all)" \
-                if len(problems) > 1 else ""
-            raise DataError(f"{problems[0]}{more}")
+        raise_first_problem(problems)
         return refs
 
     def missing_numbers(self) -> list[int]:

@@ -42,7 +42,7 @@ import numpy as np
 
 from ssl_bench.registry import register_dataset
 
-from .base import Case, CaseRef, DataError, Dataset, Split, select_count
+from .base import Case, CaseRef, DataError, Dataset, Split, raise_first_problem, select_count
 from .io import check_pair, read_nifti
 from .volume import normalise_percentile, reorient_to_ras
 
@@ -248,10 +248,7 @@ class NnUNetRaw(Dataset):
 
     def cases(self) -> list[CaseRef]:
         refs, problems = self.scan()
-        if problems:
-            more = f" (and {len(problems) - 1} more problem(s); `ssl-bench data prepare` lists them all)" \
-                if len(problems) > 1 else ""
-            raise DataError(f"{problems[0]}{more}")
+        raise_first_problem(problems)
         return refs
 
     def _pair(self, case_id: str) -> tuple[Path, Path]:
