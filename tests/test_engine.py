@@ -158,3 +158,9 @@ def test_dataset_train_defaults_sit_below_the_runs_overrides(tmp_path, monkeypat
     assert run.train_cfg.image_size == 16 and run.image_size == 16  # from the dataset
     assert run.train_cfg.lr == 0.02  # the run's --set wins
     assert run.resolved["train"]["image_size"] == 16  # recorded in config.json
+
+
+def test_amp_run_on_cpu_uses_bfloat16_and_finishes(tmp_path):
+    res = engine.fit(_prepare(tmp_path, amp="true", iterations="2"), progress=False)
+    assert res.status == "finished"
+    assert json.loads((res.run_dir / "config.json").read_text())["train"]["amp"] is True
