@@ -241,23 +241,14 @@ def bench_steps(
 
 
 def _mount() -> None:
-    here = Path(__file__).parent
-    if (here / "cli_data.py").exists():
-        from ssl_bench.cli_data import data_app
+    from ssl_bench.cli_bench import bench_app
+    from ssl_bench.cli_data import data_app
+    from ssl_bench.cli_table import table_command
 
-        app.add_typer(data_app, name="data", help="prepare and inspect datasets")
-    if (here / "cli_bench.py").exists():
-        from ssl_bench.cli_bench import bench_app
-
-        bench_app.command("steps")(bench_steps)
-        app.add_typer(bench_app, name="bench", help="speed and memory benchmarks (written to results/)")
-    if (here / "cli_table.py").exists():
-        from ssl_bench import cli_table
-
-        if hasattr(cli_table, "table_command"):
-            app.command("table")(cli_table.table_command)
-        else:
-            app.add_typer(cli_table.table_app, name="table")
+    app.command("table")(table_command)
+    app.add_typer(data_app, name="data", help="prepare and inspect datasets")
+    bench_app.command("steps")(bench_steps)
+    app.add_typer(bench_app, name="bench", help="speed and memory benchmarks (written to results/)")
 
 
 _mount()
