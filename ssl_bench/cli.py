@@ -45,7 +45,7 @@ def sweep(
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
 ):
     """Run every (method, setting, seed) locally through a pool of GPU or CPU slots (resumable)."""
-    from ssl_bench import engine
+    from ssl_bench import engine, tracking
     from ssl_bench.registry import get_dataset_class, get_method_class, list_methods
     from ssl_bench.sweep import expand, run_pool
 
@@ -73,14 +73,12 @@ def sweep(
     extra = [*threads, *[a for s in set_ for a in ("--set", s)]]
     if iterations:
         extra += ["--iterations", str(iterations)]
-    rr = engine.results_root(results_root)
+    rr = tracking.results_root(results_root)
     extra += ["--results-root", str(rr)]
     if data_root:
         extra += ["--data-root", str(data_root)]
     # make the dataset (phantoms are generated on first use) and the MLflow store once, up front
     get_dataset_class(dataset)(engine.data_root(data_root))
-    from ssl_bench import tracking
-
     tracking.make_client(tracking.default_tracking_uri(rr)).search_experiments()
     job_list = expand(names, dataset, labeled, ratio, seed_list, split_list, extra)
     console.print(f"{len(job_list)} jobs on {n_slots} slot(s); logs in {rr / 'sweep-logs'}")
@@ -117,7 +115,7 @@ def run(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ):
     """Train and test one method on one dataset and labeled setting (resumes an interrupted run)."""
-    from ssl_bench import engine
+    from ssl_bench import engine, tracking
     from ssl_bench.config import parse_set_options
     from ssl_bench.runconfig import RunSpec
 
@@ -131,9 +129,7 @@ def run(
                        split_seed=split_seed, seed=seed, overrides=overrides)
         if labeled is not None and ratio is not None:
             raise ValueError("give either --labeled or --ratio, not both")
-        if data_root is not None and not Path(data_root).exists() and "phantom" not in dataset:
-            raise FileNotFoundError(f"--data-root {data_root} does not exist; point it at the folder holding the {dataset} data")
-        prepared = engine.prepare(spec, engine.data_root(data_root), engine.results_root(results_root))
+        prepared = engine.prepare(spec, engine.data_root(data_root), tracking.results_root(results_root))
     except _user_errors() as exc:
         fail(str(exc))
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -209,10 +205,10 @@ def ui(
     host: str = typer.Option("127.0.0.1", "--host"),
 ):
     """Open the MLflow UI on the results store."""
-    from ssl_bench import engine, tracking
+    from ssl_bench import tracking
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(
-        engine.results_root(results_root))
+        tracking.results_root(results_root))
     console.print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C to stop")
     raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                                       "--host", host, "--port", str(port)]))

@@ -45,10 +45,6 @@ def data_root(cli_value: str | Path | None = None) -> Path:
     return Path(cli_value or os.environ.get("SSL_BENCH_DATA") or Path.cwd() / "data").expanduser()
 
 
-def results_root(cli_value: str | Path | None = None) -> Path:
-    return Path(cli_value or os.environ.get("SSL_BENCH_RESULTS") or Path.cwd() / "results" / "runs").expanduser()
-
-
 # -- preparation (no writes) -------------------------------------------------------------------
 @dataclass
 class PreparedRun:
@@ -203,10 +199,6 @@ def _json_default(o):
     if dataclasses.is_dataclass(o):
         return dataclasses.asdict(o)
     return str(o)
-
-
-def _finite(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isfinite(v))
 
 
 # -- the loop ----------------------------------------------------------------------------------
