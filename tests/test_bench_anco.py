@@ -6,7 +6,7 @@ import typer
 from typer.testing import CliRunner
 
 from ssl_bench.bench_anco import run
-from ssl_bench.cli_bench import bench_app
+from ssl_bench.cli.bench import bench_app
 
 
 def _app():

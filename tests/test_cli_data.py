@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ct_fakes import SPACING, cache_files, ct_pair, make_lits, make_msd_liver, make_nnunet
-from ssl_bench.cli_data import data_app
+from ssl_bench.cli.data import data_app
 from ssl_bench.datasets.io import write_nifti
 
 runner = CliRunner()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from ssl_bench import table as tbl
 from ssl_bench import tracking
-from ssl_bench.cli_table import table_command
+from ssl_bench.cli.table import table_command
 from ssl_bench.tracking import RunTracker
 
 # Known per-seed values (Dice as fractions, ASD in voxels), 2 methods x 2 seeds, "3 labeled".

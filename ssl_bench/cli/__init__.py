@@ -1,0 +1,27 @@
+"""The ``ssl-bench`` command line: one module per command group, mounted here.
+
+    ssl-bench run --method action --dataset lits --ratio 0.05
+    ssl-bench table --dataset acdc-phantom --with-published
+    ssl-bench methods | datasets | data prepare/info | bench anco/steps | sweep | ui
+
+Every bad input (unknown method or dataset, ratio out of range, missing data, unknown --set key)
+ends with one line naming the problem and the fix, a non-zero exit, and nothing written.
+"""
+from __future__ import annotations
+
+import typer
+
+from ssl_bench.cli import bench, data, listing, run, sweep, table, ui
+from ssl_bench.cli.common import console, fail, user_errors  # noqa: F401  (re-exported)
+
+app = typer.Typer(help="ssl-bench: reproducible benchmark of semi-supervised medical image segmentation.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+app.command("run")(run.run)
+app.command("sweep")(sweep.sweep)
+app.command("table")(table.table_command)
+app.command("methods")(listing.methods)
+app.command("datasets")(listing.datasets)
+app.command("ui")(ui.ui)
+app.add_typer(data.data_app, name="data", help="prepare and inspect datasets")
+app.add_typer(bench.bench_app, name="bench", help="speed and memory benchmarks (written to results/)")
