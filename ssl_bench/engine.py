@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ssl_bench.augment import Augmenter
+from ssl_bench.cost import CostMeter, device_name
 from ssl_bench.datasets.base import DataError, Split, atomic_write_text
 from ssl_bench.registry import get_dataset_class, get_method_class
 from ssl_bench.runconfig import RunSpec, TrainConfig, config_hash, resolve, resolved_dict
@@ -276,6 +277,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
     }
     if hasattr(method, "augment_tag"):
         tags["augment"] = method.augment_tag()
+    tags["device"] = device_name(device)
     params = dict(run.resolved)
     params["package_versions"] = tracking.package_versions()
     write_json(run_dir / "tags.json", tags)
@@ -298,6 +300,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
     resume = torch.load(latest, map_location=device, weights_only=False) if latest.exists() else None
     if resume is not None:
         state.update(resume["state"])
+    meter = CostMeter(device, state.pop("cost", None))  # stage times and peaks of earlier attempts
 
     console_print = console.print if console is not None else print
     if resume is not None:
@@ -331,7 +334,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
             method.train(True)
             bar = _progress(progress, console, f"{spec.method} [{stage.name}]", n_it, start)
             last_terms: dict[str, float] = {}
-            t0 = time.time()
+            meter.start_stage(stage.name)
             for step in range(start, n_it):
                 lr = poly_lr(cfg.lr, step, n_it, cfg.poly_power)
                 for grp in opt.param_groups:
@@ -378,23 +381,26 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
                     if bar is not None:
                         bar.note(f"val dice {val_dice:.3f} (best {state['best_val']:.3f})")
                 if (step + 1) % cfg.checkpoint_every == 0 or step == n_it - 1:
-                    nxt = dict(state)
+                    nxt = dict(state, cost=meter.snapshot())
                     if step == n_it - 1:  # the next stage starts fresh
                         nxt.update(stage=si + 1, step=0)
                     _save_latest(latest, method, opt, aux_opts, scaler, g, ctx, nxt)
             if bar is not None:
                 bar.close()
-            tracker.log_metrics({f"time/{stage.name}_seconds": time.time() - t0}, state["global_step"])
+            tracker.log_metrics({f"time/{stage.name}_seconds": meter.end_stage()}, state["global_step"])
         # -- test ------------------------------------------------------------------------------
         atomic_torch_save({"predictor": method.predictor().state_dict(), "step": state["global_step"]},
                           run_dir / "checkpoints" / "last.pt")
         if not (run_dir / "checkpoints" / "best.pt").exists():
             shutil.copyfile(run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt")
+        t_test = time.perf_counter()
         metrics = _test(run, method, device, tracker, progress)
+        metrics["cost"] = meter.summary(cfg.iterations, run.image_size, cfg.labeled_bs, cfg.unlabeled_bs,
+                                        time.perf_counter() - t_test)
         metrics.update(status="finished", best_val_dice=state["best_val"], best_step=state["best_step"],
                        iterations=cfg.iterations, stages={s.name: n for s, n in zip(stages, its)})
         write_json(metrics_path, metrics)
-        tracker.log_final(metrics.get("flat", {}), [metrics_path, run_dir / "config.json", split_path,
+        tracker.log_final(tracking.final_metrics(metrics), [metrics_path, run_dir / "config.json", split_path,
                                                     run_dir / "test_best_per_case.csv"])
         tracker.set_status("finished")
         return FitResult(run_dir, "finished", metrics)

@@ -27,7 +27,8 @@ Run-directory files (all JSON is UTF-8; non-finite floats are written as ``null`
 ``metrics.json``
     Final results. A JSON object whose member ``flat`` maps MLflow metric names
     (``test/<ckpt>/<metric>/<class>``) to numbers; the engine adds more members (per-class
-    summaries, status). Without ``flat``, the object's numeric top-level members are the metrics.
+    summaries, status, ``cost``: see ``ssl_bench.cost``). Without ``flat``, the object's numeric
+    top-level members are the metrics.
     ``RunTracker.log_final`` writes ``{"flat": ...}`` only when the caller has not written it.
 ``mlflow_run_id``
     The MLflow run id as a single line of text: a resumed job continues the same MLflow run.
@@ -535,7 +536,8 @@ def _last_logged_step(path: Path) -> int:
 
 # -- rebuilding the index ----------------------------------------------------------------------------
 def final_metrics(metrics_json: Mapping[str, Any]) -> dict[str, float]:
-    """The flat final metrics of a metrics.json object (``flat`` member or top-level numbers)."""
+    """The flat final metrics of a metrics.json object (``flat`` member or top-level numbers),
+    with its ``cost`` member as ``cost_metrics``."""
     src = metrics_json.get("flat") if isinstance(metrics_json.get("flat"), Mapping) else metrics_json
     out = {}
     for k, v in src.items():
@@ -543,6 +545,18 @@ def final_metrics(metrics_json: Mapping[str, Any]) -> dict[str, float]:
             out[k] = float("nan")
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[k] = float(v)
+    if isinstance(metrics_json.get("cost"), Mapping):
+        out.update(cost_metrics(metrics_json["cost"]))
+    return out
+
+
+def cost_metrics(cost: Mapping[str, Any]) -> dict[str, float]:
+    """A run's cost (``ssl_bench.cost``) as MLflow metrics: ``cost/<key>`` for each number,
+    ``cost/stage_seconds/<stage>`` per stage; a null peak (no GPU) is left out, never a 0."""
+    out = {f"cost/stage_seconds/{k}": float(v) for k, v in cost.get("stage_seconds", {}).items()}
+    for k, v in cost.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"cost/{k}"] = float(v)
     return out
 
 

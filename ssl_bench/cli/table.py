@@ -41,6 +41,7 @@ def table_command(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="write to this file (atomically) instead of the terminal"),
     with_published: bool = typer.Option(False, "--with-published", help="add the paper's published rows (separate, labelled block)"),
     ablation: bool = typer.Option(False, "--ablation", help="Tables 3 and 4: ACTION ablations and augmentations"),
+    cost: bool = typer.Option(False, "--cost", help="what the runs cost per method: time, device-hours, peak memory"),
     status: Status = typer.Option(Status.finished, "--status", help="which runs to read (MLflow run status)"),
     reindex: bool = typer.Option(True, "--reindex/--no-reindex", help="first index the run dirs MLflow lacks (else only count them)"),
     results_root: Optional[Path] = typer.Option(None, "--results-root", help="results folder (default $SSL_BENCH_RESULTS or ./results/runs)"),
@@ -65,7 +66,11 @@ def table_command(
     if runs.empty:
         _fail(f"no {what} in {uri}")
     runs = tbl.select_runs(runs, dataset, method, setting)
-    if ablation:
+    if cost:
+        tables = tbl.cost_tables(runs)
+        if not tables:
+            _fail(f"no {what} with a cost record in {uri} (runs record their cost since ssl-bench measures it)")
+    elif ablation:
         tables = tbl.ablation_tables(runs, checkpoint.value)
         if not tables:
             _fail(f"no {what} of method {tbl.ABLATION_METHOD} in {uri}; --ablation reads ACTION runs "

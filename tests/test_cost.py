@@ -1,0 +1,103 @@
+"""Cost per run: stage wall times across resumes, device-hours, memory peaks, in metrics.json
+and MLflow."""
+import json
+import time
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from ssl_bench import cost, engine, tracking
+from ssl_bench.runconfig import RunSpec
+
+
+def test_meter_adds_stage_times_over_resumes_and_keeps_the_highest_peaks():
+    saved = {"stage_seconds": {"pretrain": 10.0, "finetune": 2.0}, "peak_gpu_allocated_mb": None,
+             "peak_gpu_reserved_mb": None, "peak_host_rss_mb": 1e9}
+    meter = cost.CostMeter(torch.device("cpu"), saved)
+    meter.start_stage("finetune")  # a resumed run continues its last stage
+    time.sleep(0.05)
+    snap = meter.snapshot()
+    assert 2.05 <= snap["stage_seconds"]["finetune"] < 3.0 and snap["stage_seconds"]["pretrain"] == 10.0
+    total = meter.end_stage()
+    assert total == meter.stage_seconds["finetune"] >= snap["stage_seconds"]["finetune"]
+    assert snap["peak_host_rss_mb"] == 1e9  # an earlier attempt's peak is kept
+    assert snap["peak_gpu_allocated_mb"] is None  # no CUDA: no GPU peak, never a 0
+
+    fresh = cost.CostMeter(torch.device("cpu"))
+    assert 10 < fresh.peaks()["peak_host_rss_mb"] < 1e6  # this process, in MiB
+    summary = meter.summary(iterations=40, image_size=64, labeled_bs=6, unlabeled_bs=6, test_seconds=3.6)
+    assert summary["train_seconds"] == pytest.approx(10.0 + total)
+    assert summary["seconds_per_iteration"] == pytest.approx((10.0 + total) / 40)
+    assert summary["device_hours"] == pytest.approx((10.0 + total + 3.6) / 3600)
+    assert summary["device"] == "cpu"
+    flat = tracking.final_metrics({"flat": {"test/best/dice/mean": 0.5}, "cost": summary})
+    assert flat["test/best/dice/mean"] == 0.5
+    assert flat["cost/stage_seconds/pretrain"] == 10.0 and flat["cost/image_size"] == 64.0
+    assert "cost/peak_gpu_allocated_mb" not in flat and "cost/device" not in flat
+
+
+def test_a_run_records_its_cost_in_metrics_json_and_mlflow(tmp_path):
+    spec = RunSpec(method="gcl", dataset="tiny-test", labeled=2, overrides={
+        "iterations": "8", "labeled_bs": "2", "unlabeled_bs": "2", "val_every": "4", "image_size": "16"})
+    run = engine.prepare(spec, tmp_path / "data", tmp_path / "results")
+    res = engine.fit(run, progress=False)
+    c = json.loads((res.run_dir / "metrics.json").read_text())["cost"]
+    assert list(c["stage_seconds"]) == list(res.metrics["stages"])  # every stage of GCL, in order
+    assert all(v > 0 for v in c["stage_seconds"].values())
+    assert c["train_seconds"] == pytest.approx(sum(c["stage_seconds"].values()))
+    assert c["seconds_per_iteration"] == pytest.approx(c["train_seconds"] / 8)
+    assert c["device_hours"] == pytest.approx((c["train_seconds"] + c["test_seconds"]) / 3600)
+    assert (c["image_size"], c["labeled_bs"], c["unlabeled_bs"], c["iterations"]) == (16, 2, 2, 8)
+    assert c["device"] == "cpu" and c["peak_gpu_allocated_mb"] is None and c["peak_host_rss_mb"] > 10
+    assert json.loads((res.run_dir / "tags.json").read_text())["device"] == "cpu"
+
+    run_id = (res.run_dir / "mlflow_run_id").read_text().strip()
+    logged = MlflowClient(tracking.default_tracking_uri(tmp_path / "results")).get_run(run_id)
+    assert logged.data.metrics["cost/device_hours"] == pytest.approx(c["device_hours"])
+    assert logged.data.metrics["cost/stage_seconds/finetune"] == pytest.approx(c["stage_seconds"]["finetune"])
+    assert logged.data.tags["ssl_bench.device"] == "cpu"
+
+
+def _run_with_cost(root, uri, name, seed, device_hours, rss, gpu=None):
+    t = tracking.RunTracker(root / name, uri, "ssl-bench/tiny-test", name,
+                            {"method": "mt", "dataset": "tiny-test", "setting": "2 labeled", "seed": seed,
+                             "split_seed": 0, "device": "cuda:0 (H200)" if gpu else "cpu"}, {}).start()
+    metrics = {"status": "finished", "flat": {"test/best/dice/mean": 0.5}}
+    if device_hours is not None:  # else a run from before costs were recorded
+        train = device_hours * 3600 - 36
+        metrics["cost"] = {"device_hours": device_hours, "train_seconds": train, "test_seconds": 36.0,
+                           "seconds_per_iteration": train / 1000, "image_size": 256, "labeled_bs": 12,
+                           "unlabeled_bs": 12, "peak_host_rss_mb": rss, "peak_gpu_allocated_mb": gpu,
+                           "stage_seconds": {"train": train}}
+    tracking._write_json(t.run_dir / "metrics.json", metrics)
+    t.log_final(tracking.final_metrics(metrics))
+    t.set_status("finished")
+
+
+def test_table_cost_sums_device_hours_per_method_and_device(tmp_path):
+    from typer.testing import CliRunner
+
+    from ssl_bench.cli import app
+
+    root = tmp_path / "results"
+    uri = tracking.default_tracking_uri(root)
+    _run_with_cost(root, uri, "a", 0, 0.5, 900.0)
+    _run_with_cost(root, uri, "b", 1, 1.5, 1200.0)
+    _run_with_cost(root, uri, "c", 2, 2.0, 3000.0, gpu=5000.0)
+    _run_with_cost(root, uri, "old", 3, None, None)
+    res = CliRunner().invoke(app, ["table", "--cost", "--format", "csv", "--results-root", str(root)])
+    assert res.exit_code == 0, res.output
+    import csv
+    import io
+
+    rows = {r["device"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
+    cpu, gpu = rows["cpu"], rows["cuda:0 (H200)"]
+    assert (cpu["method"], cpu["runs"], cpu["image_size"], cpu["labeled_bs"]) == ("mt", "2", "256", "12")
+    assert float(cpu["device_hours_per_run"]) == 1.0 and float(cpu["device_hours_total"]) == 2.0
+    assert float(cpu["train_hours_per_run"]) == pytest.approx(1.0 - 0.01)
+    assert float(cpu["peak_host_rss_mib"]) == 1200.0 and cpu["peak_gpu_allocated_mib"] == ""
+    assert float(gpu["peak_gpu_allocated_mib"]) == 5000.0 and gpu["runs"] == "1"
+    res = CliRunner().invoke(app, ["table", "--cost", "--format", "md", "--results-root", str(root)])
+    assert "1 run(s) of tiny-test have no cost record" in res.stdout
+    assert "| MT | cpu | 256 px / 12+12 | 2 |" in res.stdout
