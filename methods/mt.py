@@ -15,7 +15,7 @@ from ssl_bench.ema import make_teacher
 from ssl_bench.losses import softmax_mse, supervised_loss
 from ssl_bench.registry import register_method
 
-from .base import Method, StepOutput, ramp
+from .base import Method, StepOutput
 
 
 @dataclass
@@ -57,6 +57,6 @@ class MeanTeacher(Method):
         with torch.no_grad():
             t_logits = self.teacher(input_noise(batch.x_ulb, cfg.noise_std, cfg.noise_clip))
         cons = softmax_mse(logits[n_lb:], t_logits)
-        w = cfg.consistency * ramp(step, self.ctx.total_iterations, cfg.rampup)
+        w = cfg.consistency * self.ramp(step, cfg.rampup)
         return StepOutput(loss=sup + w * cons, unsup=cons,
                           terms={"sup": float(sup.detach()), "consistency": float(cons.detach()), "w_cons": w})

@@ -27,7 +27,7 @@ from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 from ssl_bench.schedules import sigmoid_rampup
 
-from .base import StepOutput, ramp
+from .base import StepOutput
 from .mt import MeanTeacher, input_noise
 from .variant import check_variant
 
@@ -103,7 +103,7 @@ class UAMT(MeanTeacher):
         threshold = uncertainty_threshold(step, total, self.ctx.num_classes, cfg.variant)
         mask = (uncertainty < threshold).float()
         cons = masked_consistency(logits[n_lb:], t_logits, mask, cfg.variant)
-        w = cfg.consistency * ramp(step, self.ctx.total_iterations, cfg.rampup)
+        w = cfg.consistency * self.ramp(step, cfg.rampup)
         return StepOutput(loss=sup + w * cons, unsup=cons,
                           terms={"sup": float(sup.detach()), "consistency": float(cons.detach()), "w_cons": w,
                                  "threshold": threshold, "mask_fraction": float(mask.mean())})

@@ -248,7 +248,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
 
     ctx = MethodContext(num_classes=run.dataset.num_classes, in_channels=1, backbone=cfg.backbone,
                         image_size=run.image_size, total_iterations=cfg.iterations, augment=aug,
-                        generator=torch.Generator().manual_seed(spec.seed + 1))
+                        generator=torch.Generator().manual_seed(spec.seed + 1), rampup=cfg.rampup)
     method = run.method_cls(run.method_cfg, ctx).to(device)
     stages = method.stages()
     its = stage_iterations(stages, cfg.iterations)

@@ -17,6 +17,25 @@ from ssl_bench.config import ConfigError, apply_overrides, to_dict
 
 
 @dataclass
+class RampConfig:
+    """The ramp-up of unlabeled-loss weights, shared by every method (``schedules.unsup_weight_rampup``).
+
+    Defaults leave each method's own paper schedule alone; a protocol (``field``) sets the
+    SSL4MIS form: ``rampup.length=1.0``, ``rampup.quantum=0.005`` (150 of 30k iterations) and,
+    for Mean Teacher, ``rampup.delay=0.0333`` (no consistency before iteration 1000 of 30k).
+    """
+
+    length: float | None = None  # fraction of the stage budget; None = the method's own `rampup`
+    quantum: float = 0.0  # hold the factor over blocks of quantum * budget steps (0: every step)
+    delay: float = 0.0  # unlabeled terms off for the first delay * budget steps
+
+    def __post_init__(self):
+        if self.length is not None and self.length < 0 or not 0 <= self.quantum <= 1 or not 0 <= self.delay <= 1:
+            raise ConfigError(f"rampup: length={self.length}, quantum={self.quantum}, delay={self.delay}; "
+                              "length >= 0, quantum and delay are fractions of the budget in [0, 1]")
+
+
+@dataclass
 class TrainConfig:
     iterations: int = 30000  # total gradient steps, pre-training stages included (the budget rule)
     labeled_bs: int = 12
@@ -38,6 +57,7 @@ class TrainConfig:
     deterministic: bool = True
     eval_batch_size: int = 16
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    rampup: RampConfig = field(default_factory=RampConfig)
 
 
 @dataclass
