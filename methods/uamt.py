@@ -29,7 +29,6 @@ from ssl_bench.schedules import sigmoid_rampup
 
 from .base import StepOutput
 from .mt import MeanTeacher, input_noise
-from .variant import check_variant
 
 VARIANTS = ("paper", "ln2")
 
@@ -76,8 +75,9 @@ class UAMT(MeanTeacher):
     paper = "Yu et al., MICCAI 2019"
     display_name = "UAMT"
 
+    registry_name, variants = "uamt", VARIANTS
+
     def __init__(self, cfg: UAMTConfig, ctx):
-        check_variant("uamt", cfg.variant, VARIANTS)
         if cfg.mc_passes < 1:
             raise ValueError(f"uamt: mc_passes must be >= 1 (got {cfg.mc_passes})")
         super().__init__(cfg, ctx)  # the student and its EMA teacher (cfg.ema_momentum)

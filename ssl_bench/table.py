@@ -23,7 +23,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,8 @@ BUDGET_RULE = ("equal total gradient steps including pre-training stages unless 
 PAPER = "You et al., IPMI 2023"
 PUBLISHED_LABEL = f"published ({PAPER}, real ACDC/LiTS)"
 CHECKPOINT_MEANING = {"best": "best validation Dice", "last": "final iteration"}
+#: ``checkpoint`` value meaning "the checkpoint each run's protocol reports" (tag report_checkpoint)
+REPORTED = "reported"
 
 #: ablation tag -> the ``variant`` of action_paper_ablations.csv (Table 3, paper order)
 ABLATIONS = {
@@ -51,6 +53,8 @@ ABLATIONS = {
     "no-stage3": "w/o stage iii",
     "no-anco": "w/o L_anco",
     "no-unsup": "w/o L_unsup",
+    # Table 3's other reading of "w/o L_unsup": drop the pseudo-label CE only, keep AnCo
+    "no-pseudo-ce": "w/o pseudo-label CE (L_anco kept)",
 }
 #: augment tag ("student-teacher") of Table 4, paper order; ACTION's default is strong-weak
 AUGMENTS = ["weak-weak", "strong-weak", "weak-strong", "strong-strong"]
@@ -86,19 +90,31 @@ def load_runs(tracking_uri: str, status: str = "finished") -> pd.DataFrame:
         token = page.token
         if not token:
             break
-    df = pd.DataFrame(rows)
-    for col, default in (("method", ""), ("dataset", ""), ("setting", ""), ("seed", ""),
-                         ("split_seed", ""), ("ablation", "none"), ("augment", "")):
+    return normalise_columns(pd.DataFrame(rows))
+
+
+#: tag columns every run table has, with the value of a run that lacks the tag (runs made before
+#: protocols existed were trained exactly as protocol paper v1 trains)
+TAG_DEFAULTS = {"method": "", "dataset": "", "setting": "", "seed": "", "split_seed": "", "ablation": "none",
+                "augment": "", "protocol": "paper", "protocol_version": "1", "report_checkpoint": "best"}
+
+
+def normalise_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Every column of TAG_DEFAULTS present, as strings, missing or empty values defaulted."""
+    df = df.copy()
+    for col, default in TAG_DEFAULTS.items():
         if col not in df:
             df[col] = default
         df[col] = df[col].fillna(default).astype(str)
-    df.loc[df["ablation"] == "", "ablation"] = "none"
+        if default:
+            df.loc[df[col] == "", col] = default
     return df
 
 
 def select_runs(df: pd.DataFrame, dataset: str | None = None, methods: Sequence[str] | None = None,
-                setting: str | None = None) -> pd.DataFrame:
-    """Filter runs, then keep the last-ended run per (method, dataset, setting, variant, seed).
+                setting: str | None = None, protocol: str | None = None) -> pd.DataFrame:
+    """Filter runs, then keep the last-ended run per (protocol, method, dataset, setting,
+    variant, seed). ``protocol`` is a name (every version) or ``name-vN``.
 
     ACTION runs without an augment tag use its default augmentation and are tagged so here."""
     if dataset:
@@ -107,9 +123,12 @@ def select_runs(df: pd.DataFrame, dataset: str | None = None, methods: Sequence[
         df = df[df["method"].isin(list(methods))]
     if setting:
         df = df[df["setting"] == setting]
-    df = df.copy()
+    df = normalise_columns(df)
+    df["protocol_tag"] = df["protocol"] + "-v" + df["protocol_version"]
+    if protocol:
+        df = df[(df["protocol"] == protocol) | (df["protocol_tag"] == protocol)]
     df.loc[(df["method"] == ABLATION_METHOD) & (df["augment"] == ""), "augment"] = DEFAULT_AUGMENT
-    keys = ["method", "dataset", "setting", "ablation", "augment", "seed", "split_seed"]
+    keys = ["protocol_tag", "method", "dataset", "setting", "ablation", "augment", "seed", "split_seed"]
     return df.sort_values("end_time").groupby(keys, sort=False).tail(1)
 
 
@@ -248,12 +267,39 @@ class Table:
     notes: list[str] = field(default_factory=list)
     footnote: list[str] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)  # tidy rows for CSV
+    protocol: str = ""  # name-vN of the runs in the table
 
 
-def footnote(checkpoint: str, extra: Sequence[str] = ()) -> list[str]:
+def protocol_line(protocol_tag: str | None) -> str:
+    """The footnote line naming the protocol (name, version) and its budget rule."""
+    from ssl_bench.protocols import PROTOCOLS
+
+    if not protocol_tag:
+        return f"Budget: {BUDGET_RULE}."
+    name, _, version = protocol_tag.rpartition("-v")
+    p = PROTOCOLS.get(name)
+    if p is None:
+        return f"Protocol: {protocol_tag} (not known to this version of ssl-bench)."
+    stale = "" if str(p.version) == version else f" (this ssl-bench defines version {p.version})"
+    return f"Protocol: {protocol_tag}{stale}; budget: {p.budget_rule}."
+
+
+def checkpoint_line(checkpoint: str, per_method: Mapping[str, str] | None = None) -> str:
+    if checkpoint != REPORTED:
+        return f"Checkpoint: {checkpoint} ({CHECKPOINT_MEANING.get(checkpoint, checkpoint)}), test split."
+    used = sorted(set((per_method or {}).values()))
+    if len(used) == 1:
+        return (f"Checkpoint: {used[0]} ({CHECKPOINT_MEANING.get(used[0], used[0])}), as the protocol reports, "
+                "test split.")
+    detail = ", ".join(f"{display_name(m)}: {c}" for m, c in sorted((per_method or {}).items()))
+    return f"Checkpoint: as the protocol reports for each method ({detail}), test split."
+
+
+def footnote(checkpoint: str, extra: Sequence[str] = (), protocol_tag: str | None = None,
+             per_method: Mapping[str, str] | None = None) -> list[str]:
     return [
-        f"Budget: {BUDGET_RULE}.",
-        f"Checkpoint: {checkpoint} ({CHECKPOINT_MEANING.get(checkpoint, checkpoint)}), test split.",
+        protocol_line(protocol_tag),
+        checkpoint_line(checkpoint, per_method),
         "Units: DSC in %, ASD in voxels; cells are mean±std over seeds (sample std, none when n=1); "
         "n = number of seeds.",
         "Bold: best measured value per column (highest DSC, lowest ASD).",
@@ -266,43 +312,68 @@ def _values(runs: pd.DataFrame, column: str) -> list[float]:
 
 
 # -- Tables 1/2 ----------------------------------------------------------------------------------------------
-def main_tables(runs: pd.DataFrame, checkpoint: str = "best", with_published: bool = False,
-                methods: Sequence[str] | None = None) -> list[Table]:
-    """One table per dataset (see the module docstring). ``methods`` limits the published rows."""
+def main_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, with_published: bool = False,
+                methods: Sequence[str] | None = None, warn=None) -> list[Table]:
+    """One table per (dataset, protocol) (see the module docstring). ``methods`` limits the
+    published rows, which are placed only beside runs of the protocol that produced them
+    (``Protocol.published``); otherwise ``warn`` (a callable) is told why they are left out."""
+    from ssl_bench.protocols import PROTOCOLS
+
     runs = runs[runs.apply(is_main_variant, axis=1)] if len(runs) else runs
-    prefix = f"test/{checkpoint}/dice/"
     tables = []
-    for dataset in sorted(runs["dataset"].unique()):
-        d = runs[runs["dataset"] == dataset]
-        found = [c[len(prefix):] for c in d.columns if c.startswith(prefix) and d[c].notna().any()]
+    for (dataset, ptag), d in sorted(runs.groupby(["dataset", "protocol_tag"]), key=lambda kv: kv[0]):
+        per_method = method_checkpoints(d, checkpoint)
+        found = sorted({c.split("/")[-1] for m, ck in per_method.items()
+                        for c in d.columns if c.startswith(f"test/{ck}/dice/")
+                        and d.loc[d["method"] == m, c].notna().any()})
         if not found:
             continue
         classes = ["mean", *class_order(dataset, found)] if "mean" in found else class_order(dataset, found)
         settings = sorted(d["setting"].unique(), key=setting_order)
         cols = [(s, c) for s in settings for c in classes]
+        shown = checkpoint if checkpoint != REPORTED else "/".join(sorted(set(per_method.values())))
         table = Table(
-            title=f"{dataset}: test DSC [%] / ASD [voxel] ({checkpoint} checkpoint)",
+            title=f"{dataset}, protocol {ptag}: test DSC [%] / ASD [voxel] ({shown} checkpoint)",
             row_header="Method", columns=[_class_label(c) for _, c in cols],
             groups=[(s, len(classes)) for s in settings])
-        _measured_block(table, d, cols, checkpoint, dataset)
+        table.protocol = ptag
+        _measured_block(table, d, cols, per_method, dataset)
         extra = []
         if with_published:
-            extra = _published_block(table, dataset, cols, methods)
-        table.footnote = footnote(checkpoint, extra)
+            proto = PROTOCOLS.get(ptag.rpartition("-v")[0])
+            if proto is not None and proto.published:
+                extra = _published_block(table, dataset, cols, methods)
+            else:
+                why = (f"published rows are not shown beside protocol {ptag}: they were produced by the "
+                       f"field's recipe; run with --protocol field to compare with them")
+                table.notes.append(why[0].upper() + why[1:] + ".")
+                if warn is not None:
+                    warn(f"{dataset}: {why}")
+        table.footnote = footnote(checkpoint, extra, ptag, per_method)
         tables.append(table)
     return tables
+
+
+def method_checkpoints(runs: pd.DataFrame, checkpoint: str) -> dict[str, str]:
+    """The test checkpoint shown for each method: ``checkpoint``, or with ``reported`` the one
+    its runs' protocol reports (tag ``report_checkpoint``; the most common if runs disagree)."""
+    out = {}
+    for m, r in runs.groupby("method"):
+        out[m] = checkpoint if checkpoint != REPORTED else str(r["report_checkpoint"].mode().iloc[0])
+    return out
 
 
 def _class_label(c: str) -> str:
     return "Average" if c == "mean" else c
 
 
-def _measured_block(table: Table, runs: pd.DataFrame, cols: list[tuple[str, str]], ckpt: str,
-                    dataset: str) -> None:
+def _measured_block(table: Table, runs: pd.DataFrame, cols: list[tuple[str, str]],
+                    per_method: Mapping[str, str], dataset: str) -> None:
     methods = sorted(runs["method"].unique(), key=lambda m: method_order(display_name(m)))
     grid = []  # [method][column] -> (dice, asd)
     for m in methods:
         r = runs[runs["method"] == m]
+        ckpt = per_method[m]
         row = []
         for s, c in cols:
             rs = r[r["setting"] == s]
@@ -318,8 +389,8 @@ def _measured_block(table: Table, runs: pd.DataFrame, cols: list[tuple[str, str]
         block.rows.append((display_name(m), cells))
         for j, (s, c) in enumerate(cols):
             dice, asd = grid[i][j]
-            table.records.append(_record("measured", dataset, s, m, display_name(m), c, ckpt, dice, asd,
-                                         dice_best[j][i], asd_best[j][i]))
+            table.records.append(_record("measured", dataset, s, m, display_name(m), c, per_method[m], dice,
+                                         asd, dice_best[j][i], asd_best[j][i]) | {"protocol": table.protocol})
     table.blocks.append(block)
 
 
@@ -376,21 +447,35 @@ def _published_block(table: Table, dataset: str, cols: list[tuple[str, str]],
 
 
 # -- Tables 3/4 ------------------------------------------------------------------------------------------------
-def ablation_tables(runs: pd.DataFrame, checkpoint: str = "best") -> list[Table]:
-    """Tables 3 and 4 for every (dataset, setting) with runs of method ``action``."""
+def ablation_tables(runs: pd.DataFrame, checkpoint: str = REPORTED) -> list[Table]:
+    """Tables 3 and 4 for every (dataset, setting, protocol) with runs of method ``action``.
+    The paper's figures fill the Published column only beside runs of the protocol that
+    produced them (``field``)."""
+    from ssl_bench.protocols import PROTOCOLS
+
     runs = runs[runs["method"] == ABLATION_METHOD] if len(runs) else runs
     ref = read_reference("action_paper_ablations.csv")
     tables = []
-    for (dataset, setting), d in sorted(runs.groupby(["dataset", "setting"]),
-                                        key=lambda kv: (kv[0][0], setting_order(kv[0][1]))):
+    for (dataset, setting, ptag), d in sorted(runs.groupby(["dataset", "setting", "protocol_tag"]),
+                                              key=lambda kv: (kv[0][0], setting_order(kv[0][1]), kv[0][2])):
         where = f"{dataset}, {setting}"
         note = []
         if (reference_name(dataset, read_reference("action_paper_main_tables.csv")) != "acdc"
                 or setting != "3 labeled"):
             note.append(f"The published ablations are on real ACDC with 3 labeled patients; "
                         f"this table is {where}.")
-        tables.append(_table3(d, ref, checkpoint, dataset, setting, note))
-        tables.append(_table4(d, ref, checkpoint, dataset, setting, note))
+        proto = PROTOCOLS.get(ptag.rpartition("-v")[0])
+        use_ref = ref if proto is not None and proto.published else ref.iloc[0:0]
+        if not len(use_ref):
+            note.append(f"Published column left empty: the paper's figures come from the authors' released "
+                        f"configuration (protocol field), these runs are protocol {ptag}.")
+        ckpt = method_checkpoints(d, checkpoint)[ABLATION_METHOD]
+        for make in (_table3, _table4):
+            t = make(d, use_ref, ckpt, dataset, setting, note)
+            t.protocol = ptag
+            t.title = t.title.replace(f", {setting} (", f", {setting}, protocol {ptag} (")
+            t.footnote[0] = protocol_line(ptag)
+            tables.append(t)
     return tables
 
 
