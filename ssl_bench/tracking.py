@@ -31,8 +31,17 @@ Run-directory files (all JSON is UTF-8; non-finite floats are written as ``null`
     ``RunTracker.log_final`` writes ``{"flat": ...}`` only when the caller has not written it.
 ``mlflow_run_id``
     The MLflow run id as a single line of text: a resumed job continues the same MLflow run.
+``mlflow_pending``
+    Present when some MLflow call of the run failed after its retries (JSON: what failed, the
+    error, when): the index may lack part of the run. ``rebuild_index`` (``ssl-bench results
+    rebuild``, and ``ssl-bench table`` before it reads) re-indexes such a run from its files and
+    removes the marker.
 ``checkpoints/``, ``test_<ckpt>_per_case.csv``
     Written by the engine; logged as MLflow artifacts when passed to ``log_final``.
+
+The SQLite store is created and migrated by one process at a time, under a file lock
+(``<db>.lock``; ``ensure_store``): MLflow's schema creation is not safe when several processes
+open a fresh database at once (they race through the migrations and leave it half-migrated).
 
 Defaults: the results root is ``--results-root``, else ``$SSL_BENCH_RESULTS``, else
 ``<cwd>/results/runs``; the tracking URI is ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``,
@@ -52,6 +61,7 @@ import sys
 import time
 import warnings
 from importlib import metadata
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
@@ -64,6 +74,8 @@ TAG_PREFIX = "ssl_bench."
 #: MLflow run status for each value of the ``ssl_bench.status`` tag
 MLFLOW_STATUS = {"running": "RUNNING", "finished": "FINISHED", "failed": "FAILED"}
 DEFAULT_EXPERIMENT = "ssl-bench"
+#: file in a run dir whose MLflow logging failed: the index lacks (part of) this run
+PENDING_MARKER = "mlflow_pending"
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +113,38 @@ def quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def make_client(tracking_uri: str):
-    """An ``MlflowClient`` bound to ``tracking_uri`` (its SQLite folder is created)."""
-    quiet_mlflow()
+#: SQLite stores this process has opened (created and migrated) under the lock
+_READY_STORES: set[str] = set()
+STORE_LOCK_TIMEOUT_S = 600.0
+
+
+def ensure_store(tracking_uri: str) -> None:
+    """Create and migrate a SQLite store once, under a file lock beside the database.
+
+    Opening a store makes MLflow create a missing schema and run its migrations; two processes
+    doing so at once corrupt a fresh database (``table ... already exists``, a half-applied
+    migration). Under the lock the first process migrates and the others find a current schema.
+    MLflow keeps the opened store for the process, so the lock is taken once per process.
+    Other URIs (an ``mlflow server``) migrate their own database when the server starts.
+    """
     db = sqlite_path(tracking_uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
+    if db is None or tracking_uri in _READY_STORES:
+        return
+    quiet_mlflow()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock
+    from mlflow import MlflowClient
+
+    with FileLock(f"{db}.lock", timeout=STORE_LOCK_TIMEOUT_S):
+        MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+    _READY_STORES.add(tracking_uri)
+
+
+def make_client(tracking_uri: str):
+    """An ``MlflowClient`` bound to ``tracking_uri`` (a SQLite store is created and migrated
+    first, under its lock: ``ensure_store``)."""
+    ensure_store(tracking_uri)
+    quiet_mlflow()
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)
@@ -263,6 +301,10 @@ class RunTracker:
     @property
     def run_id_path(self) -> Path:
         return self.run_dir / "mlflow_run_id"
+
+    @property
+    def pending_path(self) -> Path:
+        return self.run_dir / PENDING_MARKER
 
     @property
     def mlflow_ok(self) -> bool:
@@ -428,19 +470,25 @@ class RunTracker:
         return with_retry(fn, self.retry_attempts, self.retry_delay_s)
 
     def _mlflow(self, what: str, fn: Callable[[], Any]) -> None:
-        """Run an MLflow call (its own steps retry transient errors); on failure warn once per
-        tracker and carry on."""
+        """Run an MLflow call (its own steps retry transient errors); on failure mark the run dir
+        ``mlflow_pending`` (the index now lacks part of this run), warn once per tracker and
+        carry on."""
         try:
             fn()
         except Exception as exc:
             self.mlflow_errors += 1
-            if not self._warned:
-                self._warned = True
-                warnings.warn(
-                    f"MLflow ({self.tracking_uri}) failed to {what}: {type(exc).__name__}: "
-                    f"{str(exc)[:300]}. Training goes on; {self.run_dir} holds the full record "
-                    f"(run `ssl_bench.tracking.rebuild_index` to restore the MLflow index). "
-                    f"Further MLflow errors of this run are not shown.", RuntimeWarning, stacklevel=3)
+            if self._warned:
+                return
+            self._warned = True
+            error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            if not self.pending_path.exists():  # the first failure tells most
+                _write_json(self.pending_path, {"failed_to": what, "error": error, "time": time.time(),
+                                                "tracking_uri": self.tracking_uri})
+            warnings.warn(
+                f"MLflow ({self.tracking_uri}) failed to {what}: {error}. Training goes on; "
+                f"{self.run_dir} holds the full record and is marked {PENDING_MARKER}: "
+                f"`ssl-bench results rebuild` (or the next `ssl-bench table`) indexes it again. "
+                f"Further MLflow errors of this run are not shown.", RuntimeWarning, stacklevel=3)
 
 
 def _get_run_or_none(client, run_id: str):
@@ -504,66 +552,132 @@ def find_run_dirs(results_root: str | Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob("tags.json") if "mlartifacts" not in p.relative_to(root).parts)
 
 
-def rebuild_index(results_root: str | Path, tracking_uri: str | None = None,
-                  include_running: bool = False) -> list[str]:
-    """Recreate the MLflow run of every run dir whose ``mlflow_run_id`` is missing from the store
-    (e.g. the database was deleted). Tags from tags.json, params from config.json, curves from
-    log.jsonl, final metrics from metrics.json, status from tags.json (a ``running`` run with a
-    finished metrics.json counts as finished). Writes the new id to ``mlflow_run_id`` and returns
-    the new run ids. Runs already in the store are left alone, so it can be run any time.
+def indexed_run_ids(client) -> set[str]:
+    """Ids of the runs the store holds in its active experiments (what tables can read)."""
+    from mlflow.entities import ViewType
 
-    Runs still marked ``running`` are skipped unless ``include_running``: a live job owns its
-    ``mlflow_run_id`` (a job killed without a status is recorded as RUNNING when included)."""
-    from mlflow.entities import Metric
+    exp_ids = [e.experiment_id for e in with_retry(
+        lambda: client.search_experiments(view_type=ViewType.ACTIVE_ONLY))]
+    ids: set[str] = set()
+    token = None
+    while exp_ids:
+        page = with_retry(lambda: client.search_runs(exp_ids, run_view_type=ViewType.ACTIVE_ONLY,
+                                                     max_results=1000, page_token=token))
+        ids.update(r.info.run_id for r in page)
+        token = page.token
+        if not token:
+            break
+    return ids
 
-    results_root = Path(results_root)
-    uri = tracking_uri or default_tracking_uri(results_root)
-    client = make_client(uri)
-    created = []
+
+@dataclass
+class IndexCheck:
+    """Run dirs under a results root that the MLflow index lacks (or holds only in part)."""
+
+    missing: list[Path] = field(default_factory=list)  # finished or failed: to index
+    running: list[Path] = field(default_factory=list)  # still marked running: a live job owns them
+    unreadable: list[Path] = field(default_factory=list)  # tags.json does not parse
+
+
+def run_status(run_dir: Path, tags: Mapping[str, Any]) -> str:
+    """``finished``, ``failed`` or ``running``: tags.json, except that a finished metrics.json
+    wins (a job killed between writing it and its status)."""
+    status = str(tags.get("status", "running"))
+    if status == "running" and (run_dir / "metrics.json").exists():
+        try:
+            if _read_json(run_dir / "metrics.json").get("status") == "finished":
+                return "finished"
+        except (OSError, ValueError):
+            pass
+    return status
+
+
+def check_index(results_root: str | Path, client) -> IndexCheck:
+    """Compare the run dirs under ``results_root`` (found by their tags.json) with the index: a
+    run dir whose ``mlflow_run_id`` is not an active run of the store, or that is marked
+    ``mlflow_pending``, is missing from it."""
+    indexed = indexed_run_ids(client)
+    check = IndexCheck()
     for run_dir in find_run_dirs(results_root):
         id_path = run_dir / "mlflow_run_id"
-        old = id_path.read_text().strip() if id_path.exists() else ""
-        if old and with_retry(lambda: _get_run_or_none(client, old)) is not None:
+        run_id = id_path.read_text().strip() if id_path.exists() else ""
+        if run_id in indexed and not (run_dir / PENDING_MARKER).exists():
             continue
         try:
             tags = _read_json(run_dir / "tags.json")
-        except (OSError, ValueError) as exc:
-            log.warning("skipping %s: unreadable tags.json (%s)", run_dir, exc)
+        except (OSError, ValueError):
+            check.unreadable.append(run_dir)
             continue
-        config = _read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
-        final = _read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
-        status = str(tags.get("status", "running"))
-        if status == "running" and final.get("status") == "finished":
-            status = "finished"
-        if status == "running" and not include_running:
-            log.warning("skipping %s: still marked running (pass include_running=True)", run_dir)
-            continue
-        tags["status"] = status
-        run_name = str(tags.get("run_name") or run_dir.name)
-        exp_name = str(tags.get("experiment") or DEFAULT_EXPERIMENT)
-        exp_id = get_or_create_experiment(client, exp_name, uri)
-        history = read_log(run_dir / "log.jsonl")
-        start_ms = int(history[0]["time"] * 1000) if history else int((run_dir / "tags.json").stat().st_mtime * 1000)
-        run_id = with_retry(lambda: client.create_run(exp_id, start_time=start_ms, run_name=run_name).info.run_id)
-        tracker = RunTracker(run_dir, uri, exp_name, run_name, tags, flatten(config))
-        tracker._client, tracker.run_id = client, run_id
-        tracker._log_tags({**mlflow_tags(tags), "mlflow.runName": run_name})
-        tracker._log_params({})
-        metrics = [Metric(mlflow_key(k), float("nan") if v is None else float(v), int(e["time"] * 1000),
-                          int(e["step"])) for e in history for k, v in e.get("metrics", {}).items()]
-        last_step = int(history[-1]["step"]) if history else 0
-        end_ms = int(history[-1]["time"] * 1000) if history else start_ms
-        end_ms = max(end_ms, int((run_dir / "metrics.json").stat().st_mtime * 1000)) if final else end_ms
-        metrics += [Metric(mlflow_key(k), v, end_ms, last_step) for k, v in final_metrics(final).items()]
-        for chunk in _chunks(metrics, 1000):
-            with_retry(lambda c=chunk: client.log_batch(run_id, metrics=c))
-        if status in ("finished", "failed"):
-            with_retry(lambda: client.set_terminated(run_id, MLFLOW_STATUS[status], end_time=end_ms))
-        from ssl_bench.datasets.base import atomic_write_text
+        (check.running if run_status(run_dir, tags) == "running" else check.missing).append(run_dir)
+    return check
 
-        atomic_write_text(id_path, run_id + "\n")
-        created.append(run_id)
-    return created
+
+def rebuild_index(results_root: str | Path, tracking_uri: str | None = None,
+                  include_running: bool = False) -> list[str]:
+    """Index every run dir that the store lacks (``check_index``): its ``mlflow_run_id`` is
+    missing from the store (e.g. the database was deleted) or it is marked ``mlflow_pending``
+    (some of its logging failed; its partial MLflow run is deleted first). Tags from tags.json,
+    params from config.json, curves from log.jsonl, final metrics from metrics.json, status from
+    ``run_status``. Writes the new id to ``mlflow_run_id``, removes the marker and returns the
+    new run ids. Runs already in the store are left alone, so it can be run any time.
+
+    Runs still marked ``running`` are skipped unless ``include_running``: a live job owns its
+    ``mlflow_run_id`` (a job killed without a status is recorded as RUNNING when included)."""
+    return sync_index(results_root, tracking_uri, include_running)[1]
+
+
+def sync_index(results_root: str | Path, tracking_uri: str | None = None,
+               include_running: bool = False) -> tuple[IndexCheck, list[str]]:
+    """``rebuild_index``, also returning what it found (``check_index``) before indexing."""
+    results_root = Path(results_root)
+    uri = tracking_uri or default_tracking_uri(results_root)
+    client = make_client(uri)
+    check = check_index(results_root, client)
+    for run_dir in check.unreadable:
+        log.warning("skipping %s: unreadable tags.json", run_dir)
+    todo = check.missing + (check.running if include_running else [])
+    return check, [index_run_dir(client, uri, run_dir) for run_dir in sorted(todo)]
+
+
+def index_run_dir(client, uri: str, run_dir: Path) -> str:
+    """Create the MLflow run of one run dir from its files (see ``rebuild_index``); a partial
+    run it was logged to before is deleted. Returns the new run id."""
+    from mlflow.entities import Metric
+
+    id_path = run_dir / "mlflow_run_id"
+    old = id_path.read_text().strip() if id_path.exists() else ""
+    if old and with_retry(lambda: _get_run_or_none(client, old)) is not None:
+        with_retry(lambda: client.delete_run(old))  # incomplete (mlflow_pending): replaced below
+    tags = _read_json(run_dir / "tags.json")
+    config = _read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    final = _read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").exists() else {}
+    status = run_status(run_dir, tags)
+    tags["status"] = status
+    run_name = str(tags.get("run_name") or run_dir.name)
+    exp_name = str(tags.get("experiment") or DEFAULT_EXPERIMENT)
+    exp_id = get_or_create_experiment(client, exp_name, uri)
+    history = read_log(run_dir / "log.jsonl")
+    start_ms = int(history[0]["time"] * 1000) if history else int((run_dir / "tags.json").stat().st_mtime * 1000)
+    run_id = with_retry(lambda: client.create_run(exp_id, start_time=start_ms, run_name=run_name).info.run_id)
+    tracker = RunTracker(run_dir, uri, exp_name, run_name, tags, flatten(config))
+    tracker._client, tracker.run_id = client, run_id
+    tracker._log_tags({**mlflow_tags(tags), "mlflow.runName": run_name})
+    tracker._log_params({})
+    metrics = [Metric(mlflow_key(k), float("nan") if v is None else float(v), int(e["time"] * 1000),
+                      int(e["step"])) for e in history for k, v in e.get("metrics", {}).items()]
+    last_step = int(history[-1]["step"]) if history else 0
+    end_ms = int(history[-1]["time"] * 1000) if history else start_ms
+    end_ms = max(end_ms, int((run_dir / "metrics.json").stat().st_mtime * 1000)) if final else end_ms
+    metrics += [Metric(mlflow_key(k), v, end_ms, last_step) for k, v in final_metrics(final).items()]
+    for chunk in _chunks(metrics, 1000):
+        with_retry(lambda c=chunk: client.log_batch(run_id, metrics=c))
+    if status in ("finished", "failed"):
+        with_retry(lambda: client.set_terminated(run_id, MLFLOW_STATUS[status], end_time=end_ms))
+    from ssl_bench.datasets.base import atomic_write_text
+
+    atomic_write_text(id_path, run_id + "\n")
+    (run_dir / PENDING_MARKER).unlink(missing_ok=True)
+    return run_id
 
 
 # -- provenance --------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ def table_command(
     with_published: bool = typer.Option(False, "--with-published", help="add the paper's published rows (separate, labelled block)"),
     ablation: bool = typer.Option(False, "--ablation", help="Tables 3 and 4: ACTION ablations and augmentations"),
     status: Status = typer.Option(Status.finished, "--status", help="which runs to read (MLflow run status)"),
+    reindex: bool = typer.Option(True, "--reindex/--no-reindex", help="first index the run dirs MLflow lacks (else only count them)"),
     results_root: Optional[Path] = typer.Option(None, "--results-root", help="results folder (default $SSL_BENCH_RESULTS or ./results/runs)"),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite under the results root)"),
 ) -> None:
@@ -51,12 +52,14 @@ def table_command(
     from ssl_bench import table as tbl
     from ssl_bench import tracking
 
-    uri = tracking.default_tracking_uri(tracking.results_root(results_root), tracking_uri)
+    root = tracking.results_root(results_root)
+    uri = tracking.default_tracking_uri(root, tracking_uri)
     db = tracking.sqlite_path(uri)
-    if db is not None and not db.exists():
+    if db is not None and not db.exists() and not tracking.find_run_dirs(root):
         _fail(f"no MLflow store at {db}: no run has been recorded there yet "
               "(run `ssl-bench run` first, or pass --results-root / --tracking-uri)")
     try:
+        _reconcile_index(root, uri, reindex, status.value)
         runs = tbl.load_runs(uri, status.value)
     except Exception as exc:
         _fail(f"cannot read runs from MLflow at {uri}: {type(exc).__name__}: {exc}")
@@ -90,6 +93,28 @@ def table_command(
             console.print()
     else:
         sys.stdout.write(tbl.render(tables, fmt.value))
+
+
+def _reconcile_index(root: Path, uri: str, reindex: bool, status: str) -> None:
+    """The run dirs are the record and MLflow their index: never print a table that silently
+    misses runs on disk. Index the run dirs the store lacks, or say how many are left out."""
+    from ssl_bench import tracking
+
+    if reindex:
+        check, created = tracking.sync_index(root, uri)
+        if created:
+            typer.echo(f"indexed {len(created)} run dir(s) of {root} that MLflow lacked", err=True)
+        missing = []
+    else:
+        check = tracking.check_index(root, tracking.make_client(uri))
+        missing = check.missing
+    running = check.running if status in ("running", "all") else []
+    left_out = len(missing) + len(running) + len(check.unreadable)
+    if left_out:
+        typer.echo(f"left out {left_out} run dir(s) of {root} that MLflow lacks or holds only in part "
+                   f"({len(missing)} finished or "
+                   f"failed, {len(running)} still running, {len(check.unreadable)} with an unreadable "
+                   "tags.json); `ssl-bench results rebuild` indexes them", err=True)
 
 
 def _describe(status: str, dataset, methods, setting, protocol=None) -> str:

@@ -1,0 +1,50 @@
+"""``ssl-bench results``: the MLflow index over the run dirs.
+
+The run dirs are the record; MLflow is an index over them (``ssl_bench.tracking``).
+``rebuild`` indexes every run dir the store lacks or holds only in part (marked
+``mlflow_pending``); ``--fresh`` first moves a damaged SQLite store aside and indexes everything.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ssl_bench.cli.common import console, fail
+
+results_app = typer.Typer(help="The MLflow index over the run dirs.", no_args_is_help=True)
+
+
+@results_app.command("rebuild")
+def rebuild(
+    results_root: Optional[Path] = typer.Option(None, "--results-root", help="results folder (default $SSL_BENCH_RESULTS or ./results/runs)"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite under the results root)"),
+    include_running: bool = typer.Option(False, "--include-running", help="also index runs still marked running (only when no job is running)"),
+    fresh: bool = typer.Option(False, "--fresh", help="move the SQLite store aside (kept as mlflow.db.moved-<time>) and index every run dir anew"),
+):
+    """Index the run dirs that MLflow lacks (or holds only in part) from their files."""
+    from ssl_bench import tracking
+
+    root = tracking.results_root(results_root)
+    uri = tracking.default_tracking_uri(root, tracking_uri)
+    if not tracking.find_run_dirs(root):
+        fail(f"no run dirs under {root} (folders holding a tags.json); pass --results-root")
+    if fresh:
+        db = tracking.sqlite_path(uri)
+        if db is None:
+            fail(f"--fresh moves a SQLite store aside; {uri} is not one (for a server, point "
+                 "--tracking-uri at a new, empty server instead)")
+        if db.exists():
+            moved = db.with_name(f"{db.name}.moved-{time.strftime('%Y%m%d-%H%M%S')}")
+            db.rename(moved)
+            console.print(f"moved {db} to {moved}")
+    check, created = tracking.sync_index(root, uri, include_running)
+    console.print(f"indexed {len(created)} run dir(s) of {root} into {uri}")
+    if check.running and not include_running:
+        console.print(f"left out {len(check.running)} run dir(s) still marked running (a live job owns "
+                      "them; --include-running indexes them when no job is running)")
+    if check.unreadable:
+        console.print(f"left out {len(check.unreadable)} run dir(s) with an unreadable tags.json: "
+                      + ", ".join(map(str, check.unreadable[:5])))
