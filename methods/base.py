@@ -22,7 +22,9 @@ from torch import nn
 from ssl_bench.augment import Augmenter
 from ssl_bench.ema import ema_momentum, ema_update
 from ssl_bench.nets import create_backbone
+from ssl_bench.schedules import unsup_weight_rampup
 from ssl_bench.registry import register_method  # re-exported for plugins  # noqa: F401
+from ssl_bench.runconfig import RampConfig
 
 
 @dataclass
@@ -39,6 +41,7 @@ class MethodContext:
     total_iterations: int = 1000
     augment: Augmenter = field(default_factory=Augmenter)
     generator: torch.Generator | None = None  # for random choices inside methods
+    rampup: "RampConfig | None" = None  # the run's shared ramp-up schedule (None: each method's own)
 
     def make_backbone(self) -> nn.Module:
         return create_backbone(self.backbone, self.in_channels, self.num_classes)
@@ -169,6 +172,12 @@ class Method:
             ema_update(teacher, student, ema_momentum(momentum, self.ema_step))
         self.ema_step += 1
 
+    def ramp(self, step: int, fraction: float) -> float:
+        """Ramp-up factor of an unlabeled weight: the method's own sigmoid ramp over ``fraction``
+        of the stage budget, unless the run's ``rampup`` schedule (a protocol) overrides it."""
+        r = self.ctx.rampup or RampConfig()
+        return unsup_weight_rampup(step, self.ctx.total_iterations, fraction, r.length, r.quantum, r.delay)
+
     def extra_state(self) -> dict:
         """Non-parameter state to checkpoint (memory banks, counters)."""
         return {"ema_step": self.ema_step}
@@ -188,9 +197,7 @@ class Method:
 
 def ramp(step: int, total_iterations: int, fraction: float) -> float:
     """Sigmoid ramp-up over ``fraction`` of the budget (convenience for methods)."""
-    from ssl_bench.schedules import sigmoid_rampup
-
-    return sigmoid_rampup(step, fraction * total_iterations)
+    return unsup_weight_rampup(step, total_iterations, fraction)
 
 
 Factory = Callable[..., Method]

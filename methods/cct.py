@@ -38,7 +38,7 @@ from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
 from . import perturbations as P
-from .base import Method, StepOutput, ramp
+from .base import Method, StepOutput
 from .variant import check_variant, resolved
 
 VARIANTS = {
@@ -158,6 +158,6 @@ class CCT(Method):
             sups = [sup] + [supervised_loss(a[:n_lb], batch.y_lb) for a in aux_logits]
             sup = torch.stack(sups).mean()
             cons = cct_consistency(main_logits[n_lb:], [a[n_lb:] for a in aux_logits], detach_main=False)
-        w = self.unsup_weight * ramp(step, self.ctx.total_iterations, self.rampup)
+        w = self.unsup_weight * self.ramp(step, self.rampup)
         return StepOutput(loss=sup + w * cons, unsup=cons,
                           terms={"sup": float(sup.detach()), "consistency": float(cons.detach()), "w_cons": w})

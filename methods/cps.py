@@ -33,7 +33,7 @@ from torch import nn
 from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
-from .base import Method, StepOutput, ramp
+from .base import Method, StepOutput
 from .variant import check_variant
 
 VARIANTS = {
@@ -108,6 +108,6 @@ class CPS(Method):
         start = 0 if self.cross_on_labeled else n_lb
         cps_1, cps_2 = cross_pseudo_losses(logits1[start:], logits2[start:])
         cps = cps_1 + cps_2
-        w = self.cps_weight * ramp(step, self.ctx.total_iterations, self.rampup)
+        w = self.cps_weight * self.ramp(step, self.rampup)
         return StepOutput(loss=sup + w * cps, unsup=cps,
                           terms={"sup": float(sup.detach()), "cps": float(cps.detach()), "w_cps": w})

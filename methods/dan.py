@@ -27,7 +27,7 @@ from torch import nn
 from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
-from .base import Method, StepOutput, ramp
+from .base import Method, StepOutput
 
 
 @dataclass
@@ -96,7 +96,7 @@ class DAN(Method):
         probs = logits.float().softmax(1)
         sup = supervised_loss(logits[:n_lb], batch.y_lb)
         adv = adversarial_loss(self.discriminator(x[n_lb:], probs[n_lb:]))
-        w = self.cfg.adv_weight * ramp(step, self.ctx.total_iterations, self.cfg.rampup)
+        w = self.cfg.adv_weight * self.ramp(step, self.cfg.rampup)
         d_scores = self.discriminator(x, probs.detach())
         d_loss = discriminator_loss(d_scores[:n_lb], d_scores[n_lb:])
         return StepOutput(loss=sup + w * adv, unsup=adv, aux_losses={"discriminator": d_loss},

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
-from .base import Method, StepOutput, ramp
+from .base import Method, StepOutput
 from .variant import check_variant, resolved
 
 VARIANTS = {
@@ -104,7 +104,7 @@ class DCT(Method):
         return self.net1
 
     def training_step(self, batch, step):
-        w = ramp(step, self.ctx.total_iterations, self.rampup)
+        w = self.ramp(step, self.rampup)
         if self.cfg.variant == "rotation":
             return self._rotation_step(batch, step, w)
         cfg = self.cfg

@@ -20,7 +20,7 @@ import torch
 from ssl_bench.losses import entropy_map, supervised_loss
 from ssl_bench.registry import register_method
 
-from .base import Method, StepOutput, ramp
+from .base import Method, StepOutput
 
 
 @dataclass
@@ -53,6 +53,6 @@ class EntropyMinimisation(Method):
         logits = self.student(torch.cat([batch.x_lb, batch.x_ulb]))
         sup = supervised_loss(logits[:n_lb], batch.y_lb)
         ent = entropy_loss(logits[n_lb:])
-        w = self.cfg.weight * ramp(step, self.ctx.total_iterations, self.cfg.rampup)
+        w = self.cfg.weight * self.ramp(step, self.cfg.rampup)
         return StepOutput(loss=sup + w * ent, unsup=ent,
                           terms={"sup": float(sup.detach()), "entropy": float(ent.detach()), "w_ent": w})

@@ -27,7 +27,7 @@ from ssl_bench.ema import make_teacher
 from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
-from .base import Method, StepOutput, ramp
+from .base import Method, StepOutput
 from .variant import check_variant, resolved
 
 VARIANTS = {
@@ -108,6 +108,6 @@ class ICT(Method):
         logits = self.student(torch.cat([batch.x_lb, u_mix]))
         sup = supervised_loss(logits[:n_lb], batch.y_lb)
         cons = ict_consistency(logits[n_lb:], target)
-        w = self.consistency * ramp(step, self.ctx.total_iterations, self.rampup)
+        w = self.consistency * self.ramp(step, self.rampup)
         return StepOutput(loss=sup + w * cons, unsup=cons,
                           terms={"sup": float(sup.detach()), "consistency": float(cons.detach()), "w_cons": w})

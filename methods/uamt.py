@@ -27,9 +27,8 @@ from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 from ssl_bench.schedules import sigmoid_rampup
 
-from .base import StepOutput, ramp
+from .base import StepOutput
 from .mt import MeanTeacher, input_noise
-from .variant import check_variant
 
 VARIANTS = ("paper", "ln2")
 
@@ -76,8 +75,9 @@ class UAMT(MeanTeacher):
     paper = "Yu et al., MICCAI 2019"
     display_name = "UAMT"
 
+    registry_name, variants = "uamt", VARIANTS
+
     def __init__(self, cfg: UAMTConfig, ctx):
-        check_variant("uamt", cfg.variant, VARIANTS)
         if cfg.mc_passes < 1:
             raise ValueError(f"uamt: mc_passes must be >= 1 (got {cfg.mc_passes})")
         super().__init__(cfg, ctx)  # the student and its EMA teacher (cfg.ema_momentum)
@@ -103,7 +103,7 @@ class UAMT(MeanTeacher):
         threshold = uncertainty_threshold(step, total, self.ctx.num_classes, cfg.variant)
         mask = (uncertainty < threshold).float()
         cons = masked_consistency(logits[n_lb:], t_logits, mask, cfg.variant)
-        w = cfg.consistency * ramp(step, self.ctx.total_iterations, cfg.rampup)
+        w = cfg.consistency * self.ramp(step, cfg.rampup)
         return StepOutput(loss=sup + w * cons, unsup=cons,
                           terms={"sup": float(sup.detach()), "consistency": float(cons.detach()), "w_cons": w,
                                  "threshold": threshold, "mask_fraction": float(mask.mean())})

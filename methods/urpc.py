@@ -34,7 +34,7 @@ from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
 from . import perturbations as P
-from .base import Method, StepOutput, ramp
+from .base import Method, StepOutput
 from .variant import check_variant, resolved
 
 VARIANTS = {
@@ -126,6 +126,6 @@ class URPC(Method):
         scales = self.pyramid(torch.cat([batch.x_lb, batch.x_ulb]))
         sup = torch.stack([supervised_loss(s[:n_lb], batch.y_lb) for s in scales]).mean()
         cons = urpc_loss([s[n_lb:].float().softmax(1) for s in scales], self.cfg.variant)
-        w = self.cfg.consistency * ramp(step, self.ctx.total_iterations, self.cfg.rampup)
+        w = self.cfg.consistency * self.ramp(step, self.cfg.rampup)
         return StepOutput(loss=sup + w * cons, unsup=cons,
                           terms={"sup": float(sup.detach()), "urpc": float(cons.detach()), "w_cons": w})

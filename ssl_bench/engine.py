@@ -83,10 +83,18 @@ def prepare(spec: RunSpec, data_root_dir: Path, results_root_dir: Path) -> Prepa
     resolved["split_name"] = split.meta.get("split", split_kind)
     abl = getattr(method_cfg, "ablation", "none")
     name = spec.method if abl in ("none", None, "") else f"{spec.method}-{abl}"
-    run_dir = (results_root_dir / spec.dataset / spec.setting_slug / name /
+    protocol_tag = f"{spec.protocol}-v{resolved['protocol_version']}"
+    run_dir = (results_root_dir / spec.dataset / spec.setting_slug / protocol_tag / name /
                f"seed{spec.seed}-split{spec.split_seed}-{config_hash(resolved)}")
     return PreparedRun(spec, train_cfg, method_cfg, method_cls, dataset, split, image_size,
                        run_dir, resolved, results_root_dir)
+
+
+def run_name(spec: RunSpec, resolved: dict) -> str:
+    """The MLflow run name: method / dataset / setting / seed / protocol (readable in the UI)."""
+    split = f" split{spec.split_seed}" if spec.split_seed else ""
+    return (f"{spec.method} / {spec.dataset} / {spec.setting} / seed{spec.seed}{split} / "
+            f"{spec.protocol}-v{resolved['protocol_version']}")
 
 
 # -- data sampling -----------------------------------------------------------------------------
@@ -248,11 +256,11 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
     from ssl_bench.methods.base import MethodContext
 
     ctx = MethodContext(num_classes=run.dataset.num_classes, in_channels=1, backbone=cfg.backbone,
-                        image_size=run.image_size, total_iterations=cfg.iterations, augment=aug,
-                        generator=torch.Generator().manual_seed(spec.seed + 1))
+                        image_size=run.image_size, total_iterations=cfg.total_iterations, augment=aug,
+                        generator=torch.Generator().manual_seed(spec.seed + 1), rampup=cfg.rampup)
     method = run.method_cls(run.method_cfg, ctx).to(device)
     stages = method.stages()
-    its = stage_iterations(stages, cfg.iterations)
+    its = stage_iterations(stages, cfg.total_iterations)
 
     # data: labeled / unlabeled slice pools at training size
     size = run.image_size
@@ -263,17 +271,24 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
     else:
         lb_pool = SlicePool(lb_set)
     ulb_pool = None
-    if not method.supervised_only:
+    draw_unlabeled = not method.supervised_only or cfg.draw_unlabeled
+    if draw_unlabeled:
         ulb_set = run.dataset.load_slices(run.split.unlabeled, size)
         ulb_pool = SlicePool(ulb_set)
-        if not len(ulb_pool):
+        if not len(ulb_pool) and not method.supervised_only:
             raise DataError(f"{spec.method} needs unlabeled data but the split has none; lower --labeled/--ratio")
+    # the batch as sampled: supervised-only methods may fill it with labeled slices (field)
+    batch_cfg = cfg
+    if method.supervised_only and cfg.supervised_whole_batch:
+        batch_cfg = dataclasses.replace(cfg, labeled_bs=cfg.labeled_bs + cfg.unlabeled_bs)
 
     tags = {
         "method": spec.method, "dataset": spec.dataset, "setting": spec.setting,
         "seed": str(spec.seed), "split_seed": str(spec.split_seed), "split": run.resolved["split_name"],
         "ablation": method.ablation_tag(), "run_dir": str(run_dir),
         "git_commit": tracking.git_commit(), "status": "running",
+        "protocol": spec.protocol, "protocol_version": str(run.resolved["protocol_version"]),
+        "report_checkpoint": cfg.report_checkpoint,
     }
     if hasattr(method, "augment_tag"):
         tags["augment"] = method.augment_tag()
@@ -286,7 +301,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
                                               "device": str(device)})
     tracker = tracking.RunTracker(run_dir, tracking_uri or tracking.default_tracking_uri(run.results_root),
                                   experiment or f"ssl-bench/{spec.dataset}",
-                                  f"{spec.method} {spec.setting} seed{spec.seed}", tags, params)
+                                  run_name(spec, run.resolved), tags, params)
     tracker.start()
 
     amp = cfg.amp
@@ -339,7 +354,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
                 lr = poly_lr(cfg.lr, step, n_it, cfg.poly_power)
                 for grp in opt.param_groups:
                     grp["lr"] = lr
-                batch = make_batch(lb_pool, ulb_pool, cfg, aug, g, device, not method.supervised_only)
+                batch = make_batch(lb_pool, ulb_pool, batch_cfg, aug, g, device, draw_unlabeled)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                     out = method.training_step(batch, step)
                 loss_val = float(out.loss.detach())
@@ -398,7 +413,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
         metrics["cost"] = meter.summary(cfg.iterations, run.image_size, cfg.labeled_bs, cfg.unlabeled_bs,
                                         time.perf_counter() - t_test)
         metrics.update(status="finished", best_val_dice=state["best_val"], best_step=state["best_step"],
-                       iterations=cfg.iterations, stages={s.name: n for s, n in zip(stages, its)})
+                       iterations=cfg.total_iterations, stages={s.name: n for s, n in zip(stages, its)})
         write_json(metrics_path, metrics)
         tracker.log_final(tracking.final_metrics(metrics), [metrics_path, run_dir / "config.json", split_path,
                                                     run_dir / "test_best_per_case.csv"])

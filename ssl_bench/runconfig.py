@@ -17,8 +17,28 @@ from ssl_bench.config import ConfigError, apply_overrides, to_dict
 
 
 @dataclass
+class RampConfig:
+    """The ramp-up of unlabeled-loss weights, shared by every method (``schedules.unsup_weight_rampup``).
+
+    Defaults leave each method's own paper schedule alone; a protocol (``field``) sets the
+    SSL4MIS form: ``rampup.length=1.0``, ``rampup.quantum=0.005`` (150 of 30k iterations) and,
+    for Mean Teacher, ``rampup.delay=0.0333`` (no consistency before iteration 1000 of 30k).
+    """
+
+    length: float | None = None  # fraction of the stage budget; None = the method's own `rampup`
+    quantum: float = 0.0  # hold the factor over blocks of quantum * budget steps (0: every step)
+    delay: float = 0.0  # unlabeled terms off for the first delay * budget steps
+
+    def __post_init__(self):
+        if self.length is not None and self.length < 0 or not 0 <= self.quantum <= 1 or not 0 <= self.delay <= 1:
+            raise ConfigError(f"rampup: length={self.length}, quantum={self.quantum}, delay={self.delay}; "
+                              "length >= 0, quantum and delay are fractions of the budget in [0, 1]")
+
+
+@dataclass
 class TrainConfig:
-    iterations: int = 30000  # total gradient steps, pre-training stages included (the budget rule)
+    iterations: int = 30000  # base budget: total gradient steps, pre-training stages included
+    budget_scale: float = 1.0  # a method's total steps = iterations x budget_scale (protocols)
     labeled_bs: int = 12
     unlabeled_bs: int = 12
     lr: float = 0.01
@@ -37,7 +57,26 @@ class TrainConfig:
     threads: int = 0
     deterministic: bool = True
     eval_batch_size: int = 16
+    # every method draws labeled_bs + unlabeled_bs slices per step, even one that uses no
+    # unlabeled data, so all methods see the same data stream at a seed (protocol `equal`)
+    draw_unlabeled: bool = False
+    # supervised-only methods fill the whole batch (labeled_bs + unlabeled_bs) with labeled
+    # slices, as SSL4MIS's fully supervised script does (protocol `field`)
+    supervised_whole_batch: bool = False
+    report_checkpoint: str = "best"  # the test checkpoint tables report for this run: best | last
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    rampup: RampConfig = field(default_factory=RampConfig)
+
+    def __post_init__(self):
+        if self.report_checkpoint not in ("best", "last"):
+            raise ConfigError(f"report_checkpoint={self.report_checkpoint!r}; use best or last")
+        if not self.budget_scale > 0:
+            raise ConfigError(f"budget_scale={self.budget_scale}; give a positive multiplier")
+
+    @property
+    def total_iterations(self) -> int:
+        """The method's total gradient steps: the base budget times its protocol's scale."""
+        return max(1, round(self.iterations * self.budget_scale))
 
 
 @dataclass
@@ -52,6 +91,7 @@ class RunSpec:
     split: str = "default"
     split_seed: int = 0
     seed: int = 0
+    protocol: str = "paper"
     overrides: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -81,8 +121,13 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
 
 def resolve(spec: RunSpec, method_cls, dataset_defaults: dict[str, Any] | None = None
             ) -> tuple[TrainConfig, Any]:
-    """Defaults < the dataset's training defaults (phantom presets) < the run's ``--set``."""
-    train_over, method_over = split_overrides({**(dataset_defaults or {}), **spec.overrides})
+    """Defaults < the protocol's training defaults < the dataset's (phantom presets) < the
+    protocol's recipe for the method < the run's ``--set`` (``ssl_bench.protocols``)."""
+    from ssl_bench.protocols import get_protocol
+
+    protocol = get_protocol(spec.protocol)
+    train_over, method_over = split_overrides(
+        protocol.overrides(spec.method, dataset_defaults, spec.overrides))
     train_cfg = apply_overrides(TrainConfig(), train_over, where="train config")
     method_cfg = apply_overrides(method_cls.Config(), method_over,
                                  where=f"method {spec.method} config")
@@ -95,6 +140,9 @@ def resolved_dict(spec: RunSpec, train_cfg: TrainConfig, method_cfg) -> dict[str
     d = dataclasses.asdict(spec)
     d.pop("overrides")
     d["setting"] = spec.setting
+    from ssl_bench.protocols import get_protocol
+
+    d["protocol_version"] = get_protocol(spec.protocol).version
     d["train"] = to_dict(train_cfg)
     d["method_config"] = to_dict(method_cfg) if dataclasses.is_dataclass(method_cfg) else {}
     return d

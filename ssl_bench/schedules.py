@@ -15,6 +15,27 @@ def sigmoid_rampup(step: float, length: float) -> float:
     return float(math.exp(-5.0 * (1.0 - t) ** 2))
 
 
+def unsup_weight_rampup(step: int, total: int, own_length: float, length: float | None = None,
+                        quantum: float = 0.0, delay: float = 0.0) -> float:
+    """The ramp-up factor of an unlabeled-loss weight at ``step`` of a stage of ``total`` steps.
+
+    ``own_length`` is the method's own ramp length (a fraction of the stage budget, from its
+    paper); ``length`` replaces it when given (a protocol's shared schedule). ``quantum`` > 0
+    holds the factor constant over blocks of ``quantum * total`` steps, as SSL4MIS computes
+    ``sigmoid_rampup(iter // 150, 200)`` over its 30k iterations (quantum 150/30000 = 0.005,
+    length 1.0). ``delay`` > 0 switches the term off (factor 0) for the first
+    ``delay * total`` steps without shifting the ramp (SSL4MIS's Mean Teacher drops its
+    consistency loss below iteration 1000 of 30000).
+    """
+    if delay > 0 and step < delay * total:
+        return 0.0
+    frac = own_length if length is None else length
+    if quantum > 0:
+        q = max(1, round(quantum * total))
+        step = (step // q) * q
+    return sigmoid_rampup(step, frac * total)
+
+
 def linear_rampup(step: float, length: float) -> float:
     if length <= 0:
         return 1.0

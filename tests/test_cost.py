@@ -99,5 +99,5 @@ def test_table_cost_sums_device_hours_per_method_and_device(tmp_path):
     assert float(cpu["peak_host_rss_mib"]) == 1200.0 and cpu["peak_gpu_allocated_mib"] == ""
     assert float(gpu["peak_gpu_allocated_mib"]) == 5000.0 and gpu["runs"] == "1"
     res = CliRunner().invoke(app, ["table", "--cost", "--format", "md", "--results-root", str(root)])
-    assert "1 run(s) of tiny-test have no cost record" in res.stdout
+    assert "1 run(s) of tiny-test, protocol paper-v1 have no cost record" in res.stdout
     assert "| MT | cpu | 256 px / 12+12 | 2 |" in res.stdout

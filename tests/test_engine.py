@@ -1,5 +1,6 @@
 """The shared training loop: outputs, resume after a crash, divergence, determinism."""
 import json
+import math
 
 import pytest
 import torch
@@ -164,3 +165,34 @@ def test_amp_run_on_cpu_uses_bfloat16_and_finishes(tmp_path):
     res = engine.fit(_prepare(tmp_path, amp="true", iterations="2"), progress=False)
     assert res.status == "finished"
     assert json.loads((res.run_dir / "config.json").read_text())["train"]["amp"] is True
+
+
+def test_unsup_weight_rampup_ssl4mis_form_and_delay():
+    """The protocol-level ramp: SSL4MIS computes 0.1 * sigmoid_rampup(iter // 150, 200) over 30k
+    iterations; with length 1.0 and quantum 150/30000 the factor equals exp(-5 (1 - (iter//150)/200)^2)."""
+    import math
+
+    from ssl_bench.schedules import unsup_weight_rampup
+
+    for it in (0, 149, 150, 1000, 7499, 15000, 29999, 30000):
+        want = math.exp(-5 * (1 - min(it // 150, 200) / 200) ** 2)
+        assert unsup_weight_rampup(it, 30000, 0.4, length=1.0, quantum=0.005) == pytest.approx(want)
+    # the method's own length when no override; the delay zeroes without shifting the ramp
+    assert unsup_weight_rampup(200, 1000, 0.4) == pytest.approx(math.exp(-5 * (1 - 0.5) ** 2))
+    assert unsup_weight_rampup(32, 1000, 0.4, delay=0.0333) == 0.0
+    assert unsup_weight_rampup(34, 1000, 0.4, delay=0.0333) == pytest.approx(math.exp(-5 * (1 - 34 / 400) ** 2))
+
+
+def test_rampup_override_reaches_the_method(tmp_path):
+    """--set rampup.length=... changes the weight a method uses (through MethodContext)."""
+    from ssl_bench.methods.base import MethodContext
+    from ssl_bench.methods.mt import MeanTeacher, MTConfig
+    from ssl_bench.runconfig import RampConfig
+
+    ctx = MethodContext(num_classes=3, image_size=16, total_iterations=100)
+    own = MeanTeacher(MTConfig(), ctx).ramp(20, 0.4)
+    ctx2 = MethodContext(num_classes=3, image_size=16, total_iterations=100, rampup=RampConfig(length=0.2))
+    short = MeanTeacher(MTConfig(), ctx2).ramp(20, 0.4)
+    assert own == pytest.approx(math.exp(-5 * (1 - 0.5) ** 2)) and short == pytest.approx(1.0)
+    with pytest.raises(Exception, match="rampup"):
+        RampConfig(delay=2.0)

@@ -31,7 +31,8 @@ def add_run(root: Path, uri: str, method: str, seed: int, values: dict, dataset:
     name = f"{method}-{tags.get('ablation', 'none')}-{tags.get('augment', '')}-{dataset}-{seed}"
     t = RunTracker(root / name, uri, f"ssl-bench/{dataset}", name,
                    {"method": method, "dataset": dataset, "setting": "3 labeled", "seed": seed,
-                    "split_seed": 0, "git_commit": "abc", **tags}, {"seed": seed})
+                    "split_seed": 0, "git_commit": "abc", "protocol": "field", "protocol_version": "1",
+                    **tags}, {"seed": seed})
     t.start()
     metrics = {}
     for cls, (dice, asd) in values.items():
@@ -60,6 +61,11 @@ def store(tmp_path_factory, mlflow_template_db) -> str:
     add_run(root, uri, "action", 0, {"mean": (0.50, 9.0)}, ablation="none", augment="weak-weak")
     # a dataset without published figures
     add_run(root, uri, "mt", 0, {"mean": (0.5, 1.0)}, dataset="toy")
+    # another protocol on the same dataset (its own table, never beside published rows), and a
+    # run from before protocols existed (no tag: counted as paper v1)
+    add_run(root, uri, "mt", 0, {"mean": (0.60, 2.0)}, dataset="proto", protocol="equal")
+    add_run(root, uri, "mt", 1, {"mean": (0.62, 2.0)}, dataset="proto", protocol="field")
+    old = add_run(root, uri, "mt", 2, {"mean": (0.64, 2.0)}, dataset="proto", protocol="")
     return uri
 
 
@@ -70,8 +76,8 @@ def runs(uri: str, **filters) -> pd.DataFrame:
 def test_load_runs_reads_tags_metrics_and_status(store):
     df = tbl.load_runs(store)
     assert set(df["status"]) == {"finished"}
-    assert len(df) == 4 + 3 + 1
-    assert len(tbl.load_runs(store, "all")) == 10
+    assert len(df) == 4 + 3 + 1 + 3  # acdc, ablations, toy, proto
+    assert len(tbl.load_runs(store, "all")) == 13
     assert set(tbl.load_runs(store, "failed")["seed"]) == {"7"}
     assert set(runs(store, dataset="acdc", methods=["mt"])["seed"]) == {"0", "1"}
 
@@ -92,7 +98,7 @@ def test_markdown_has_mean_std_n_and_bold_best(store):
     assert "| 61.0±1.4 / **5.00±1.41** (n=2) |" in action
     assert list(rows)[1:3] == ["MT", "ACTION"]  # paper order (MT before ACTION)
     assert "(paper)" not in md and tbl.PUBLISHED_LABEL not in md
-    assert "equal total gradient steps including pre-training stages" in md
+    assert "Protocol: field-v1; budget: 30k iterations" in md
     assert "Checkpoint: best" in md and "DSC in %, ASD in voxels" in md and "n = number of seeds" in md
     # the failed (0.10) and ablation (0.70) runs are not averaged in
     assert "0.10" not in md and "71.0±1.4 / 3.00" not in md
@@ -188,7 +194,7 @@ def test_ablation_tables(store):
     assert "| 50.0 / 9.00 (n=1) | 84.6 / 1.78 |" in rows4[("weak", "weak")]
     assert "| **87.0±1.4** / **1.10±0.14** (n=2) | 87.5 / 1.12 |" in rows4[("strong", "weak")]
     assert "| — | 86.5 / 1.89 |" in rows4[("strong", "strong")]
-    assert "equal total gradient steps" in md3 and "equal total gradient steps" in md4
+    assert "Protocol: field-v1; budget" in md3 and "Protocol: field-v1; budget" in md4
     # runs of the phantom-free "toy" dataset have no action runs -> no ablation tables
     assert tbl.ablation_tables(runs(store, dataset="toy"), "best") == []
 
@@ -237,3 +243,32 @@ def test_cli_no_runs_is_one_line_and_exit_1(store, tmp_path, monkeypatch):
     assert not (tmp_path / "empty" / "mlflow.db").exists()  # reading never creates a store
     res = runner.invoke(app, ["table", "--tracking-uri", store, "--dataset", "toy", "--ablation"])
     assert res.exit_code == 1 and "of method action" in res.output
+
+
+def test_protocols_get_their_own_tables_and_published_rows_only_beside_field(store):
+    warnings = []
+    d = runs(store, dataset="proto")
+    assert set(d["protocol_tag"]) == {"equal-v1", "field-v1", "-v1"} or "paper-v1" in set(d["protocol_tag"])
+    tables = tbl.main_tables(d, "reported", with_published=True, warn=warnings.append)
+    assert [t.protocol for t in tables] == sorted(t.protocol for t in tables)
+    by = {t.protocol: t for t in tables}
+    assert set(by) == {"equal-v1", "field-v1", "paper-v1"}  # the untagged run counts as paper v1
+    for ptag, t in by.items():
+        assert f"protocol {ptag}" in t.title and t.footnote[0].startswith(f"Protocol: {ptag}")
+        assert len(t.blocks[0].rows) == 1  # one MT row (n = 1) per protocol, never pooled
+    # 'proto' has no reference_name: field gets the "no published figures" note, the others a warning
+    assert any("no reference_name" in n for n in by["field-v1"].notes)
+    assert len(warnings) == 2 and all("--protocol field" in w for w in warnings)
+    assert any("not shown beside protocol equal-v1" in n for n in by["equal-v1"].notes)
+    # a protocol filter keeps one table
+    only = tbl.main_tables(runs(store, dataset="proto", protocol="equal"), "best")
+    assert [t.protocol for t in only] == ["equal-v1"]
+
+
+def test_published_rows_need_field_runs(store):
+    warnings = []
+    acdc_paper = runs(store, dataset="acdc").assign(protocol="paper", protocol_tag="paper-v1")
+    t = tbl.main_tables(acdc_paper, "best", with_published=True, warn=warnings.append)[0]
+    assert [b.label for b in t.blocks] == [None] and warnings
+    t = tbl.main_tables(runs(store, dataset="acdc"), "best", with_published=True)[0]
+    assert [b.label for b in t.blocks] == [None, tbl.PUBLISHED_LABEL]

@@ -19,7 +19,8 @@ def run(
     split: str = typer.Option("default", "--split", help="split protocol: default (the dataset's), field, random"),
     split_seed: int = typer.Option(0, "--split-seed", help="seed of the split and labeled subset"),
     seed: int = typer.Option(0, "--seed", help="seed of the initialisation and sampling"),
-    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="total gradient steps (all stages)"),
+    protocol: str = typer.Option("paper", "--protocol", help="training protocol: paper, field or equal (see `ssl-bench protocols`)"),
+    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="base budget: total gradient steps (all stages; a protocol may scale it per method)"),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="unet (default) or smp:<Arch>:<encoder>"),
     set_: list[str] = typer.Option([], "--set", help="override a config value: key=value or method.key=value"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="data folder (default $SSL_BENCH_DATA or ./data)"),
@@ -40,7 +41,7 @@ def run(
         if backbone is not None:
             overrides["backbone"] = backbone
         spec = RunSpec(method=method, dataset=dataset, labeled=labeled, ratio=ratio, split=split,
-                       split_seed=split_seed, seed=seed, overrides=overrides)
+                       split_seed=split_seed, seed=seed, protocol=protocol, overrides=overrides)
         if labeled is not None and ratio is not None:
             raise ValueError("give either --labeled or --ratio, not both")
         prepared = engine.prepare(spec, engine.data_root(data_root), tracking.results_root(results_root))
@@ -48,7 +49,7 @@ def run(
         fail(str(exc))
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     console.print(f"[bold]{method}[/] on [bold]{dataset}[/] ({spec.setting}, seed {seed}, split seed {split_seed}): "
-                  f"{prepared.train_cfg.iterations} iterations at {prepared.image_size}px -> {prepared.run_dir}")
+                  f"protocol {protocol}, {prepared.train_cfg.total_iterations} iterations at {prepared.image_size}px -> {prepared.run_dir}")
     try:
         result = engine.fit(prepared, tracking_uri=uri, progress=progress, force=force, console=console)
     except engine.TrainingDiverged as exc:

@@ -14,6 +14,7 @@ import typer
 
 
 class Checkpoint(str, Enum):
+    reported = "reported"
     best = "best"
     last = "last"
 
@@ -36,7 +37,8 @@ def table_command(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="only this dataset (default: one table per dataset)"),
     method: Optional[List[str]] = typer.Option(None, "--method", help="only these methods (repeatable)"),
     setting: Optional[str] = typer.Option(None, "--setting", help='only this labeled setting, e.g. "3 labeled"'),
-    checkpoint: Checkpoint = typer.Option(Checkpoint.best, "--checkpoint", help="test results of the best-on-val or the last weights"),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="only runs of this protocol (name, or name-vN); default: one table per protocol"),
+    checkpoint: Checkpoint = typer.Option(Checkpoint.reported, "--checkpoint", help="test results of the best-on-val or the last weights; reported: the one each run's protocol reports"),
     fmt: Format = typer.Option(Format.rich, "--format", help="rich (terminal), md, csv (tidy) or latex"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="write to this file (atomically) instead of the terminal"),
     with_published: bool = typer.Option(False, "--with-published", help="add the paper's published rows (separate, labelled block)"),
@@ -62,10 +64,10 @@ def table_command(
         runs = tbl.load_runs(uri, status.value)
     except Exception as exc:
         _fail(f"cannot read runs from MLflow at {uri}: {type(exc).__name__}: {exc}")
-    what = _describe(status.value, dataset, method, setting)
+    what = _describe(status.value, dataset, method, setting, protocol)
     if runs.empty:
         _fail(f"no {what} in {uri}")
-    runs = tbl.select_runs(runs, dataset, method, setting)
+    runs = tbl.select_runs(runs, dataset, method, setting, protocol)
     if cost:
         tables = tbl.cost_tables(runs)
         if not tables:
@@ -76,7 +78,8 @@ def table_command(
             _fail(f"no {what} of method {tbl.ABLATION_METHOD} in {uri}; --ablation reads ACTION runs "
                   "tagged ssl_bench.ablation / ssl_bench.augment")
     else:
-        tables = tbl.main_tables(runs, checkpoint.value, with_published, method)
+        tables = tbl.main_tables(runs, checkpoint.value, with_published, method,
+                                 warn=lambda msg: typer.echo(f"warning: {msg}", err=True))
         if not tables:
             _fail(f"no {what} with test/{checkpoint.value}/dice metrics in {uri}")
 
@@ -119,9 +122,10 @@ def _reconcile_index(root: Path, uri: str, reindex: bool, status: str) -> None:
                    "tags.json); `ssl-bench results rebuild` indexes them", err=True)
 
 
-def _describe(status: str, dataset, methods, setting) -> str:
+def _describe(status: str, dataset, methods, setting, protocol=None) -> str:
     what = "runs" if status == "all" else f"{status} runs"
     filters = [f"dataset={dataset}"] if dataset else []
+    filters += [f"protocol={protocol}"] if protocol else []
     filters += [f"method={','.join(methods)}"] if methods else []
     filters += [f"setting={setting!r}"] if setting else []
     return what + (f" matching {' '.join(filters)}" if filters else "")

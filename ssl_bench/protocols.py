@@ -1,0 +1,166 @@
+"""Protocols: named, versioned bundles that fix how *every* method of a table is trained.
+
+A result means something only together with the recipe that produced it. The published rows of
+ACTION's Table 1 (You et al., IPMI 2023) came from the field's recipe (SSL4MIS-style code for the
+baselines, the authors' released configuration for ACTION), not from each paper's defaults; a
+protocol names such a recipe so that a table compares like with like.
+
+A protocol is data, not code paths: it resolves to ``--set`` overrides (train keys and
+``method.`` keys), a budget scale and the checkpoint a table reports. The engine never sees the
+protocol's name, only the resolved config. Resolution, lowest to highest priority:
+
+    TrainConfig defaults < protocol.train < the dataset's train_defaults (phantom CPU presets)
+        < the protocol's recipe for the method < the run's own --set
+
+so a phantom keeps its CPU-sized batch and budget under every protocol, and a user's ``--set``
+always wins. ``budget_scale`` multiplies the base budget (``iterations``, i.e. ``--iterations``
+or the preset): under ``field`` ACTION trains 30k iterations *per stage* (3 x the baselines'
+30k), as its authors' released scripts do.
+
+Changing what a protocol sets changes its results: bump its ``version`` (a test pins a
+fingerprint of every protocol's content to its version). The version is part of the run-dir
+path and an MLflow tag, so runs of different versions never mix in a table.
+
+The ``field`` recipe's sources (see README "Protocols"): SSL4MIS (HiLab-git/SSL4MIS,
+``code/train_*_2D.py``: consistency 0.1 * sigmoid_rampup(iter // 150, 200) over 30k iterations,
+batch 12 + 12 at 256 px, best-on-validation model tested), ACTION's release
+(charlesyou999648/ACTION) and BCP's ACDC code (DeepMed-Lab-ECNU/BCP).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Mapping
+
+from ssl_bench.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a protocol sets for one method."""
+
+    overrides: Mapping[str, str] = field(default_factory=dict)  # --set keys (train and method.*)
+    budget_scale: float = 1.0  # total gradient steps = base budget x this
+    checkpoint: str = "best"  # which test checkpoint a table reports: best (on val) or last
+    source: str = ""  # where the recipe comes from (printed by `ssl-bench protocols`)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    version: int
+    summary: str
+    budget_rule: str  # printed under every table of this protocol
+    train: Mapping[str, str] = field(default_factory=dict)  # paper-scale training defaults
+    default: Recipe = field(default_factory=Recipe)  # for methods without a recipe of their own
+    methods: Mapping[str, Recipe] = field(default_factory=dict)
+    #: the paper's published rows were produced under this protocol (``--with-published``)
+    published: bool = False
+
+    @property
+    def tag(self) -> str:
+        """``name-vN``: the run-dir path segment and the table label."""
+        return f"{self.name}-v{self.version}"
+
+    def recipe(self, method: str) -> Recipe:
+        return self.methods.get(method, self.default)
+
+    def overrides(self, method: str, dataset_defaults: Mapping[str, str] | None,
+                  user: Mapping[str, str]) -> dict[str, str]:
+        """The merged ``--set`` overrides of one run (see the module docstring for the order)."""
+        rec = self.recipe(method)
+        merged = {**self.train, **(dataset_defaults or {})}
+        if rec.budget_scale != 1.0:
+            merged["budget_scale"] = str(rec.budget_scale)
+        merged["report_checkpoint"] = rec.checkpoint
+        merged.update(rec.overrides)
+        merged.update(user)
+        return {k: str(v) for k, v in merged.items()}
+
+    def fingerprint(self) -> str:
+        """A hash of everything the protocol sets (tests pin it to the version)."""
+        content = asdict(self)
+        content.pop("version")
+        return hashlib.sha1(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# -- the protocols ------------------------------------------------------------------------------------
+PAPER_SCALE = {"iterations": "30000", "labeled_bs": "12", "unlabeled_bs": "12"}
+
+#: SSL4MIS's shared schedule: 0.1 * sigmoid_rampup(iter // 150, 200) over 30k iterations
+SSL4MIS_RAMP = {"rampup.length": "1.0", "rampup.quantum": "0.005"}
+SSL4MIS = "SSL4MIS code/train_*_2D.py (HiLab-git/SSL4MIS)"
+
+
+def _ssl4mis(**method_keys: str) -> Recipe:
+    keys = {f"method.{k}": v for k, v in method_keys.items()}
+    return Recipe({**SSL4MIS_RAMP, **keys}, source=SSL4MIS)
+
+
+PAPER = Protocol(
+    name="paper", version=1,
+    summary="each method's own paper defaults under the harness's budget rule (the default of `run`)",
+    budget_rule="equal total gradient steps including pre-training stages (stage split by each paper); "
+                "each method's paper hyperparameters; best-on-validation checkpoint",
+    train=PAPER_SCALE,
+)
+
+EQUAL = Protocol(
+    name="equal", version=1,
+    summary="paper defaults, strictly compute-fair: same steps, batch and data stream for every method",
+    budget_rule="equal total gradient steps including pre-training stages, and the same labeled + "
+                "unlabeled slices drawn at every step for every method (one data stream per seed; "
+                "methods that use no unlabeled data draw and discard them); best-on-validation checkpoint",
+    train={**PAPER_SCALE, "draw_unlabeled": "true"},
+)
+
+FIELD = Protocol(
+    name="field", version=1,
+    summary="the recipe behind the published rows: SSL4MIS baselines, ACTION and BCP as their authors ran them",
+    budget_rule="30k iterations at 12 + 12 slices for the SSL4MIS baselines (ramp 0.1 * sigmoid(iter // 150, "
+                "200)); ACTION 30k per stage at 4 + 4 (3 x the base budget); BCP 10k pre-training + 30k "
+                "self-training at constant lr (4/3 x); the checkpoint each source tests (ACTION: last; others: "
+                "best on validation)",
+    train=PAPER_SCALE,
+    default=Recipe(source="each method's paper defaults (no field code for it)"),
+    methods={
+        # supervised baselines: SSL4MIS's train_fully_supervised_2D.py samples its whole batch
+        # from the labeled slices
+        "unet-l": Recipe({"supervised_whole_batch": "true"}, source=SSL4MIS),
+        "unet-f": Recipe({"supervised_whole_batch": "true"}, source=SSL4MIS),
+        "mt": Recipe({**SSL4MIS_RAMP, "rampup.delay": "0.0333", "method.variant": "ssl4mis"}, source=SSL4MIS),
+        "uamt": _ssl4mis(variant="ln2"),
+        "em": _ssl4mis(),
+        "cct": _ssl4mis(variant="ssl4mis"),
+        "dan": _ssl4mis(),
+        "urpc": _ssl4mis(variant="ssl4mis"),
+        "dct": _ssl4mis(variant="rotation"),
+        "ict": _ssl4mis(variant="ssl4mis"),
+        "cps": _ssl4mis(variant="ssl4mis"),
+        "action": Recipe({"labeled_bs": "4", "unlabeled_bs": "4"}, budget_scale=3.0, checkpoint="last",
+                         source="ACTION release (charlesyou999648/ACTION code/train_2D.sh): 30k iterations per "
+                                "stage, stage iii at 4 + 4 slices (stages i/ii ran 3 + 3), no validation: the "
+                                "last stage-iii student is tested"),
+        "bcp": Recipe({"method.variant": "lcc", "poly_power": "0"}, budget_scale=4 / 3,
+                      source="BCP ACDC code (DeepMed-Lab-ECNU/BCP code/ACDC_BCP_train.py at b62b10b): 10k "
+                             "pre-training + 30k self-training at constant lr 0.01, largest connected component, "
+                             "best-on-validation model tested"),
+    },
+    published=True,
+)
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (FIELD, PAPER, EQUAL)}
+DEFAULT = "paper"
+
+
+def get_protocol(name: str) -> Protocol:
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise ConfigError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)} "
+                          f"(`ssl-bench protocols` lists what each sets)") from None
+
+
+def list_protocols() -> list[Protocol]:
+    return list(PROTOCOLS.values())

@@ -1,0 +1,114 @@
+"""The table model (cells, blocks, tables), per-cell statistics and footnotes."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .runs import BUDGET_RULE, CHECKPOINT_MEANING, REPORTED, display_name
+
+
+@dataclass
+class Stat:
+    mean: float
+    std: float  # sample std (ddof=1); NaN when n < 2
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float], scale: float = 1.0) -> "Stat | None":
+        v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float) * scale
+        if v.size == 0:
+            return None
+        return cls(float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan"), int(v.size))
+
+
+Seg = tuple[str, bool]  # (text, bold)
+DICE_DIGITS, ASD_DIGITS = 1, 2
+
+
+def fmt_stat(s: Stat, digits: int) -> str:
+    return f"{s.mean:.{digits}f}" + ("" if math.isnan(s.std) else f"±{s.std:.{digits}f}")
+
+
+def measured_cell(dice: Stat | None, asd: Stat | None, dice_bold: bool, asd_bold: bool) -> list[Seg]:
+    if dice is None and asd is None:
+        return [("—", False)]
+    n = dice.n if dice else asd.n
+    tail = f" (n={n})" if not (dice and asd) or asd.n == dice.n else f" (n={n}; ASD n={asd.n})"
+    return [(fmt_stat(dice, DICE_DIGITS) if dice else "—", dice_bold), (" / ", False),
+            (fmt_stat(asd, ASD_DIGITS) if asd else "—", asd_bold), (tail, False)]
+
+
+def published_cell(dice: str | None, asd: str | None) -> list[Seg]:
+    """The paper's figures as printed there (strings from the reference CSV)."""
+    if dice is None and asd is None:
+        return [("—", False)]
+    return [(f"{dice or '—'} / {asd or '—'}", False)]
+
+
+def best_flags(stats: list[Stat | None], digits: int, highest: bool) -> list[bool]:
+    """Bold marks for one column: the best value at display precision (ties all bold)."""
+    shown = [round(s.mean, digits) if s else None for s in stats]
+    valid = [v for v in shown if v is not None]
+    if not valid:
+        return [False] * len(stats)
+    best = max(valid) if highest else min(valid)
+    return [v is not None and v == best for v in shown]
+
+
+@dataclass
+class Block:
+    label: str | None
+    rows: list[tuple[str, list[list[Seg]]]] = field(default_factory=list)
+
+
+@dataclass
+class Table:
+    title: str
+    row_header: str
+    columns: list[str]
+    groups: list[tuple[str, int]] = field(default_factory=list)  # column groups over `columns`
+    blocks: list[Block] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    footnote: list[str] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)  # tidy rows for CSV
+    protocol: str = ""  # name-vN of the runs in the table
+
+
+def protocol_line(protocol_tag: str | None) -> str:
+    """The footnote line naming the protocol (name, version) and its budget rule."""
+    from ssl_bench.protocols import PROTOCOLS
+
+    if not protocol_tag:
+        return f"Budget: {BUDGET_RULE}."
+    name, _, version = protocol_tag.rpartition("-v")
+    p = PROTOCOLS.get(name)
+    if p is None:
+        return f"Protocol: {protocol_tag} (not known to this version of ssl-bench)."
+    stale = "" if str(p.version) == version else f" (this ssl-bench defines version {p.version})"
+    return f"Protocol: {protocol_tag}{stale}; budget: {p.budget_rule}."
+
+
+def checkpoint_line(checkpoint: str, per_method: Mapping[str, str] | None = None) -> str:
+    if checkpoint != REPORTED:
+        return f"Checkpoint: {checkpoint} ({CHECKPOINT_MEANING.get(checkpoint, checkpoint)}), test split."
+    used = sorted(set((per_method or {}).values()))
+    if len(used) == 1:
+        return (f"Checkpoint: {used[0]} ({CHECKPOINT_MEANING.get(used[0], used[0])}), as the protocol reports, "
+                "test split.")
+    detail = ", ".join(f"{display_name(m)}: {c}" for m, c in sorted((per_method or {}).items()))
+    return f"Checkpoint: as the protocol reports for each method ({detail}), test split."
+
+
+def footnote(checkpoint: str, extra: Sequence[str] = (), protocol_tag: str | None = None,
+             per_method: Mapping[str, str] | None = None) -> list[str]:
+    return [
+        protocol_line(protocol_tag),
+        checkpoint_line(checkpoint, per_method),
+        "Units: DSC in %, ASD in voxels; cells are mean±std over seeds (sample std, none when n=1); "
+        "n = number of seeds.",
+        "Bold: best measured value per column (highest DSC, lowest ASD).",
+        *extra,
+    ]

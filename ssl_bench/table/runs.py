@@ -1,0 +1,184 @@
+"""Runs as a pandas table (from MLflow), their selection, and the names and orders of the paper."""
+from __future__ import annotations
+
+import io
+import re
+from importlib import resources
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from ssl_bench.tracking import TAG_PREFIX, make_client
+
+PAPER_ORDER = ["UNet-F", "UNet-L", "EM", "CCT", "DAN", "URPC", "DCT", "ICT", "MT", "UAMT", "CPS",
+               "GCL", "SCS", "ACTION"]
+DISPLAY_NAMES = {"unet-f": "UNet-F", "unet-l": "UNet-L", "em": "EM", "cct": "CCT", "dan": "DAN",
+                 "urpc": "URPC", "dct": "DCT", "ict": "ICT", "mt": "MT", "uamt": "UAMT", "cps": "CPS",
+                 "gcl": "GCL", "scs": "SCS", "action": "ACTION", "bcp": "BCP"}
+BUDGET_RULE = ("equal total gradient steps including pre-training stages unless a method's paper "
+               "fixes its own schedule")
+PAPER = "You et al., IPMI 2023"
+PUBLISHED_LABEL = f"published ({PAPER}, real ACDC/LiTS)"
+CHECKPOINT_MEANING = {"best": "best validation Dice", "last": "final iteration"}
+#: ``checkpoint`` value meaning "the checkpoint each run's protocol reports" (tag report_checkpoint)
+REPORTED = "reported"
+
+#: ablation tag -> the ``variant`` of action_paper_ablations.csv (Table 3, paper order)
+ABLATIONS = {
+    "vanilla": "Vanilla (BYOL only)",
+    "none": "ACTION (full)",
+    "no-rsi": "w/o random sampled images (RSI)",
+    "no-stage2": "w/o stage ii",
+    "no-rsi-no-stage2": "w/o RSI + stage ii",
+    "no-stage3": "w/o stage iii",
+    "no-anco": "w/o L_anco",
+    "no-unsup": "w/o L_unsup",
+    # Table 3's other reading of "w/o L_unsup": drop the pseudo-label CE only, keep AnCo
+    "no-pseudo-ce": "w/o pseudo-label CE (L_anco kept)",
+}
+#: augment tag ("student-teacher") of Table 4, paper order; ACTION's default is strong-weak
+AUGMENTS = ["weak-weak", "strong-weak", "weak-strong", "strong-strong"]
+DEFAULT_AUGMENT = "strong-weak"
+ABLATION_METHOD = "action"
+
+
+class TableError(RuntimeError):
+    """Nothing to show (no store, no matching runs); the message says what to do."""
+
+
+def load_runs(tracking_uri: str, status: str = "finished") -> pd.DataFrame:
+    """All runs of every experiment as a DataFrame: one row per run, columns ``run_id``,
+    ``status``, ``end_time``, the ``ssl_bench.`` tags without prefix (``method``, ``dataset``,
+    ``setting``, ``seed``, ``split_seed``, ``ablation``, ``augment``...) and one column per metric.
+    ``status`` is ``finished``, ``failed``, ``running`` or ``all``."""
+    from mlflow.entities import ViewType
+
+    client = make_client(tracking_uri)
+    exp_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    filt = "" if status == "all" else f"attributes.status = '{status.upper()}'"
+    rows = []
+    token = None
+    while exp_ids:
+        page = client.search_runs(exp_ids, filter_string=filt, max_results=1000, page_token=token)
+        for r in page:
+            row: dict[str, Any] = {"run_id": r.info.run_id, "status": r.info.status.lower(),
+                                   "end_time": r.info.end_time or r.info.start_time or 0}
+            row.update({k[len(TAG_PREFIX):]: v for k, v in r.data.tags.items() if k.startswith(TAG_PREFIX)})
+            row.update(r.data.metrics)
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    return normalise_columns(pd.DataFrame(rows))
+
+
+#: tag columns every run table has, with the value of a run that lacks the tag (runs made before
+#: protocols existed were trained exactly as protocol paper v1 trains)
+TAG_DEFAULTS = {"method": "", "dataset": "", "setting": "", "seed": "", "split_seed": "", "ablation": "none",
+                "augment": "", "protocol": "paper", "protocol_version": "1", "report_checkpoint": "best"}
+
+
+def normalise_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Every column of TAG_DEFAULTS present, as strings, missing or empty values defaulted."""
+    df = df.copy()
+    for col, default in TAG_DEFAULTS.items():
+        if col not in df:
+            df[col] = default
+        df[col] = df[col].fillna(default).astype(str)
+        if default:
+            df.loc[df[col] == "", col] = default
+    return df
+
+
+def select_runs(df: pd.DataFrame, dataset: str | None = None, methods: Sequence[str] | None = None,
+                setting: str | None = None, protocol: str | None = None) -> pd.DataFrame:
+    """Filter runs, then keep the last-ended run per (protocol, method, dataset, setting,
+    variant, seed). ``protocol`` is a name (every version) or ``name-vN``.
+
+    ACTION runs without an augment tag use its default augmentation and are tagged so here."""
+    if dataset:
+        df = df[df["dataset"] == dataset]
+    if methods:
+        df = df[df["method"].isin(list(methods))]
+    if setting:
+        df = df[df["setting"] == setting]
+    df = normalise_columns(df)
+    df["protocol_tag"] = df["protocol"] + "-v" + df["protocol_version"]
+    if protocol:
+        df = df[(df["protocol"] == protocol) | (df["protocol_tag"] == protocol)]
+    df.loc[(df["method"] == ABLATION_METHOD) & (df["augment"] == ""), "augment"] = DEFAULT_AUGMENT
+    keys = ["protocol_tag", "method", "dataset", "setting", "ablation", "augment", "seed", "split_seed"]
+    return df.sort_values("end_time").groupby(keys, sort=False).tail(1)
+
+
+def is_main_variant(row: pd.Series) -> bool:
+    """Runs of the main tables: no ablation, and ACTION with its default augmentation."""
+    if row["ablation"] not in ("none", ""):
+        return False
+    return row["method"] != ABLATION_METHOD or row["augment"] in ("", DEFAULT_AUGMENT)
+
+
+def display_name(method: str) -> str:
+    """The method class's own ``display_name``, else the paper's spelling, else the name."""
+    try:
+        from ssl_bench.registry import get_method_class
+
+        own = vars(get_method_class(method)).get("display_name")
+        if isinstance(own, str) and own:
+            return own
+    except Exception:  # a run of a method that is not installed here
+        pass
+    return DISPLAY_NAMES.get(method, method)
+
+
+def method_order(display: str) -> tuple:
+    return (0, PAPER_ORDER.index(display), "") if display in PAPER_ORDER else (1, 0, display.lower())
+
+
+def setting_order(setting: str) -> tuple:
+    """"3 labeled" < "7 labeled" < "5% labeled" < "10% labeled" < anything else."""
+    m = re.match(r"\s*(\d+(?:\.\d+)?)\s*(%?)", setting)
+    if m:
+        return (1 if m.group(2) else 0, float(m.group(1)), setting)
+    return (2, 0.0, setting)
+
+
+def _dataset_class(name: str):
+    try:
+        from ssl_bench.registry import get_dataset_class
+
+        return get_dataset_class(name)
+    except Exception:
+        return None
+
+
+def class_order(dataset: str, found: Iterable[str]) -> list[str]:
+    """Foreground classes in the dataset's ``class_names`` order, then any others by name."""
+    found = [c for c in found if c != "mean"]
+    cls = _dataset_class(dataset)
+    names = getattr(cls, "class_names", None) if cls is not None else None
+    # a class attribute list (a dataset that computes its names per instance has none here)
+    known = list(names[1:]) if isinstance(names, (list, tuple)) else []
+    ordered = [c for c in known if c in found]
+    return ordered + sorted(c for c in found if c not in ordered)
+
+
+def reference_name(dataset: str, reference: pd.DataFrame) -> str | None:
+    """The real dataset whose published figures apply (``reference_name`` of the class)."""
+    cls = _dataset_class(dataset)
+    ref = getattr(cls, "reference_name", None) if cls is not None else None
+    if isinstance(ref, str) and ref:
+        return ref
+    return dataset if dataset in set(reference["dataset"]) else None
+
+
+def read_reference(name: str) -> pd.DataFrame:
+    """A CSV of results/reference (package ``ssl_bench.reference``)."""
+    text = resources.files("ssl_bench.reference").joinpath(name).read_text(encoding="utf-8")
+    # figures stay strings, printed as the paper prints them (4.10, not 4.1)
+    return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+
+
+def column_values(runs: pd.DataFrame, column: str) -> list[float]:
+    """The values of one metric column as floats (empty when no run has it)."""
+    return [float(x) for x in runs[column]] if column in runs else []
