@@ -410,7 +410,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
             shutil.copyfile(run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt")
         t_test = time.perf_counter()
         metrics = _test(run, method, device, tracker, progress)
-        metrics["cost"] = meter.summary(cfg.iterations, run.image_size, cfg.labeled_bs, cfg.unlabeled_bs,
+        metrics["cost"] = meter.summary(cfg.total_iterations, run.image_size, cfg.labeled_bs, cfg.unlabeled_bs,
                                         time.perf_counter() - t_test)
         metrics.update(status="finished", best_val_dice=state["best_val"], best_step=state["best_step"],
                        iterations=cfg.total_iterations, stages={s.name: n for s, n in zip(stages, its)})
