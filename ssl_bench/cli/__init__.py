@@ -2,7 +2,7 @@
 
     ssl-bench run --method action --dataset lits --ratio 0.05
     ssl-bench table --dataset acdc-phantom --with-published
-    ssl-bench methods | datasets | data prepare/info | bench anco/steps | sweep | results rebuild | ui
+    ssl-bench methods | datasets | data prepare/info | bench anco/steps | sweep [status] | results rebuild | ui
 
 Every bad input (unknown method or dataset, ratio out of range, missing data, unknown --set key)
 ends with one line naming the problem and the fix, a non-zero exit, and nothing written.
@@ -18,7 +18,6 @@ app = typer.Typer(help="ssl-bench: reproducible benchmark of semi-supervised med
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 app.command("run")(run.run)
-app.command("sweep")(sweep.sweep)
 app.command("table")(table.table_command)
 app.command("methods")(listing.methods)
 app.command("datasets")(listing.datasets)
@@ -27,3 +26,4 @@ app.command("ui")(ui.ui)
 app.add_typer(data.data_app, name="data", help="prepare and inspect datasets")
 app.add_typer(bench.bench_app, name="bench", help="speed and memory benchmarks (written to results/)")
 app.add_typer(results.results_app, name="results", help="the MLflow index over the run dirs (rebuild)")
+app.add_typer(sweep.sweep_app, name="sweep", help="many runs on local GPU/CPU slots or Slurm (resumable); sweep status")

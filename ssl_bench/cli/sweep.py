@@ -1,7 +1,7 @@
-"""``ssl-bench sweep``: many runs through a pool of local slots."""
+"""``ssl-bench sweep``: many runs, on this machine's GPU/CPU slots or on Slurm; ``sweep status``."""
 from __future__ import annotations
 
-import os
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -9,26 +9,53 @@ import typer
 
 from ssl_bench.cli.common import console, fail, user_errors
 
+sweep_app = typer.Typer(help="Run a grid of runs (resumable), or show the states of a sweep's jobs.")
 
+
+class Executor(str, Enum):
+    local = "local"
+    slurm = "slurm"
+
+
+@sweep_app.callback(invoke_without_command=True)
 def sweep(
-    methods: str = typer.Option(..., "--methods", help="comma-separated methods, or 'all'"),
-    dataset: str = typer.Option(..., "--dataset", "-d"),
+    ctx: typer.Context,
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated methods, or 'all'"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d"),
     labeled: list[int] = typer.Option([], "--labeled", help="labeled patients (repeatable)"),
     ratio: list[float] = typer.Option([], "--ratio", help="labeled fraction (repeatable)"),
     seeds: str = typer.Option("0", "--seeds", help="comma-separated initialisation seeds"),
     split_seeds: str = typer.Option("0", "--split-seeds", help="comma-separated split seeds"),
-    jobs: int = typer.Option(0, "--jobs", "-j", help="parallel jobs (default: one per GPU, else one per CPU core)"),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="training protocol of every run (see `ssl-bench protocols`)"),
     set_: list[str] = typer.Option([], "--set", help="passed to every run"),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n"),
+    executor: Executor = typer.Option(Executor.local, "--executor", help="local: this machine's slots; slurm: an array job through submitit"),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="local: GPU ids, e.g. 0,1 (default: every visible GPU; none: CPU slots)"),
+    jobs_per_gpu: int = typer.Option(1, "--jobs-per-gpu", help="local: jobs sharing each GPU"),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="local without GPUs: CPU slots, one thread each (default: one per core)"),
+    partition: Optional[str] = typer.Option(None, "--partition", help="slurm: partition"),
+    time_limit: str = typer.Option("24:00:00", "--time", help="slurm: time limit per job (minutes, HH:MM:SS or D-HH:MM:SS)"),
+    gpus_per_job: int = typer.Option(1, "--gpus-per-job", help="slurm: GPUs per job (0: CPU jobs)"),
+    cpus_per_job: Optional[int] = typer.Option(None, "--cpus-per-job", help="slurm: CPUs per job"),
+    mem_gb: Optional[float] = typer.Option(None, "--mem-gb", help="slurm: memory per job in GB"),
+    array_parallelism: int = typer.Option(256, "--array-parallelism", help="slurm: jobs of the array running at once"),
+    max_requeues: int = typer.Option(3, "--max-requeues", help="slurm: requeues after a timeout (each resumes from the last checkpoint)"),
+    slurm_arg: list[str] = typer.Option([], "--slurm-arg", help="slurm: any sbatch option, key=value (repeatable), e.g. qos=high"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (jobs, finished, device-hours) and stop"),
     results_root: Optional[Path] = typer.Option(None, "--results-root"),
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for every run, e.g. http://host:5000 (default: SQLite under the results root)"),
 ):
-    """Run every (method, setting, seed) locally through a pool of GPU or CPU slots (resumable)."""
-    from ssl_bench import engine, tracking
+    """Run every (method, setting, seed) through local GPU/CPU slots or Slurm, longest first (resumable)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from ssl_bench.registry import get_dataset_class, get_method_class, list_methods
-    from ssl_bench.sweep import expand, run_pool
+    from ssl_bench.sweep import SlurmOptions, SweepInterrupted, expand, launch
+    from ssl_bench.sweep.slurm import parse_slurm_args
 
     try:
+        if not methods or not dataset:
+            raise ValueError("give --methods and --dataset (or a subcommand: `ssl-bench sweep status`)")
         names = list_methods() if methods == "all" else [m.strip() for m in methods.split(",") if m.strip()]
         for n in names:
             get_method_class(n)
@@ -37,31 +64,44 @@ def sweep(
             raise ValueError("give at least one --labeled N or --ratio r")
         seed_list = [int(s) for s in seeds.split(",")]
         split_list = [int(s) for s in split_seeds.split(",")]
+        extra = [a for s in set_ for a in ("--set", s)]
+        extra += ["--iterations", str(iterations)] if iterations else []
+        extra += ["--protocol", protocol] if protocol else []
+        slurm = SlurmOptions(partition=partition, time=time_limit, gpus_per_job=gpus_per_job,
+                             cpus_per_job=cpus_per_job, mem_gb=mem_gb, array_parallelism=array_parallelism,
+                             max_requeues=max_requeues, extra=parse_slurm_args(slurm_arg))
+        slurm.minutes  # checks --time now
+        job_list = expand(names, dataset, labeled, ratio, seed_list, split_list, extra)
+        codes = launch(job_list, executor=executor.value, results_root=results_root, data_root=data_root,
+                       tracking_uri=tracking_uri, gpus=gpus, jobs_per_gpu=jobs_per_gpu, cpu_jobs=jobs,
+                       slurm=slurm, dry_run=dry_run, console=console)
+    except SweepInterrupted as exc:
+        fail(f"interrupted: {exc}", code=130)
     except user_errors() as exc:
         fail(str(exc))
-    import torch
-
-    n_gpu = torch.cuda.device_count()
-    n_slots = jobs or n_gpu or (os.cpu_count() or 1)
-    if n_gpu:
-        slots = [{"CUDA_VISIBLE_DEVICES": str(i % n_gpu)} for i in range(n_slots)]
-        threads = []
-    else:
-        slots = [{"OMP_NUM_THREADS": "1"} for _ in range(n_slots)]
-        threads = ["--set", "threads=1"]
-    extra = [*threads, *[a for s in set_ for a in ("--set", s)]]
-    if iterations:
-        extra += ["--iterations", str(iterations)]
-    rr = tracking.results_root(results_root)
-    extra += ["--results-root", str(rr)]
-    if data_root:
-        extra += ["--data-root", str(data_root)]
-    # make the dataset (phantoms are generated on first use) and the MLflow store once, up front
-    get_dataset_class(dataset)(engine.data_root(data_root))
-    tracking.make_client(tracking.default_tracking_uri(rr)).search_experiments()
-    job_list = expand(names, dataset, labeled, ratio, seed_list, split_list, extra)
-    console.print(f"{len(job_list)} jobs on {n_slots} slot(s); logs in {rr / 'sweep-logs'}")
-    codes = run_pool(job_list, slots, rr / "sweep-logs", console)
-    failed = [k for k, v in codes.items() if v != 0]
+    except RuntimeError as exc:  # sbatch refused the array
+        fail(str(exc), code=1)
+    failed = [k for k, v in codes.items() if v not in (0, None)]
     if failed:
-        fail(f"{len(failed)} of {len(codes)} jobs failed: {', '.join(failed)}", code=1)
+        fail(f"{len(failed)} of {len(codes)} jobs failed (`ssl-bench sweep status` shows why): {', '.join(failed)}",
+             code=1)
+
+
+@sweep_app.command("status")
+def status(
+    results_root: Optional[Path] = typer.Option(None, "--results-root"),
+    sweep_id: Optional[str] = typer.Option(None, "--sweep", help="sweep id (default: the latest under the results root)"),
+):
+    """The state of every job of a sweep (any executor, any machine that sees the results root)."""
+    from ssl_bench import tracking
+    from ssl_bench.sweep.manifest import Manifest
+    from ssl_bench.sweep.status import job_statuses, render
+
+    try:
+        manifest = Manifest.find(tracking.results_root(results_root), sweep_id)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    statuses = job_statuses(manifest)
+    console.print(render(statuses, f"sweep {manifest.data['id']} ({manifest.data['executor']}, {manifest.folder})"))
+    if any(s.state == "failed" for s in statuses):
+        raise typer.Exit(1)

@@ -1,0 +1,193 @@
+"""Seconds per iteration of a job, from measured step times, never guessed.
+
+Sources, in this order of preference (the first that measured the job's method on the sweep's
+kind of device wins; only when none did, one measured on another kind is used and says so):
+
+1. finished runs under the results root: the ``cost`` member of their ``metrics.json``
+   (``ssl_bench.cost``: wall seconds per iteration, validation and checkpoints included), the
+   median over runs of the same method, device, image size and batch;
+2. ``results/bench/*.csv`` written by the step benchmark: columns ``device, method, stage,
+   image_size, labeled_bs, unlabeled_bs, amp, channels_last, compile, median_step_s, ...``; a
+   method's stages are weighted by their share of its iterations (a row of stage ``all`` is
+   taken as it is); rows with the job's ``amp`` and without channels_last / compile preferred;
+3. ``results/bench/steps_*.json`` of ``ssl-bench bench steps``.
+
+A measurement at another image size or batch is scaled by the pixels per batch
+(image_size² x (labeled_bs + unlabeled_bs)), and the estimate says so.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+CSV_COLUMNS = {"device", "method", "stage", "image_size", "labeled_bs", "unlabeled_bs", "median_step_s"}
+WHOLE_METHOD_STAGES = {"all", "total", ""}
+
+
+@dataclass
+class Estimate:
+    seconds_per_iteration: float
+    source: str  # where the measurement came from, and how it was scaled
+
+
+@dataclass
+class Measured:
+    """Seconds per iteration of a whole method (stages weighted) at one size and batch."""
+
+    method: str
+    device: str
+    image_size: int
+    labeled_bs: int
+    unlabeled_bs: int
+    seconds: float
+
+    @property
+    def pixels(self) -> int:
+        return self.image_size ** 2 * (self.labeled_bs + self.unlabeled_bs)
+
+    @property
+    def config(self) -> str:
+        return f"{self.image_size} px, {self.labeled_bs}+{self.unlabeled_bs} slices, {self.device}"
+
+
+def device_kind(device: str) -> str:
+    """``cpu`` or ``cuda`` for a recorded device name (``cpu``, ``cuda:0 (NVIDIA H200)``, ``NVIDIA H200``)."""
+    return "cpu" if device.strip().lower().startswith("cpu") else "cuda"
+
+
+def default_bench_dirs() -> list[Path]:
+    """``results/bench`` of the working directory and of the ssl-bench checkout (where they exist)."""
+    import ssl_bench
+
+    dirs = [Path.cwd() / "results" / "bench", Path(ssl_bench.__file__).resolve().parents[1] / "results" / "bench"]
+    out = []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
+            out.append(d)
+    return out
+
+
+class StepTimes:
+    """The measurements of a results root and of benchmark folders, read once, on first use."""
+
+    def __init__(self, results_root: Path, bench_dirs: Sequence[Path] = ()):
+        self.results_root = Path(results_root)
+        self.bench_dirs = [Path(d) for d in bench_dirs]
+        self._fractions: dict[tuple, dict[str, float]] = {}
+
+    @cached_property
+    def from_runs(self) -> list[tuple[str, Measured]]:
+        from ssl_bench.tracking import find_run_dirs
+
+        found: dict[tuple, list[float]] = {}
+        for run_dir in find_run_dirs(self.results_root):
+            try:
+                metrics = json.loads((run_dir / "metrics.json").read_text())
+                method = json.loads((run_dir / "tags.json").read_text())["method"]
+                c = metrics["cost"]
+                key = (method, c["device"], int(c["image_size"]), int(c["labeled_bs"]), int(c["unlabeled_bs"]))
+                found.setdefault(key, []).append(float(c["seconds_per_iteration"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # unfinished, or finished before costs were recorded
+        return [(f"median of {len(v)} finished run(s) under {self.results_root}", Measured(*key, statistics.median(v)))
+                for key, v in found.items()]
+
+    @cached_property
+    def csv_rows(self) -> list[tuple[Path, dict]]:
+        rows = []
+        for folder in self.bench_dirs:
+            for path in sorted(folder.glob("*.csv")):
+                with open(path, newline="", encoding="utf-8") as f:
+                    reader = csv.DictReader(f)
+                    if not CSV_COLUMNS <= set(reader.fieldnames or ()):
+                        continue  # another benchmark's table
+                    rows += [(path, r) for r in reader]
+        return rows
+
+    @cached_property
+    def from_steps_json(self) -> list[tuple[str, Measured]]:
+        out = []
+        for folder in self.bench_dirs:
+            for path in sorted(folder.glob("steps_*.json")):
+                try:
+                    report = json.loads(path.read_text())
+                    out += [(str(path), Measured(m["method"], report["device"], int(report["image_size"]),
+                                                 int(report["labeled_bs"]), int(report["unlabeled_bs"]),
+                                                 float(m["seconds_per_step"]))) for m in report["methods"]]
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+        return out
+
+    def from_csv(self, run) -> list[tuple[str, Measured]]:
+        """The CSV rows of the run's method as whole-method measurements (stages weighted)."""
+        method, amp = run.spec.method, bool(run.train_cfg.amp)
+        rows = [(p, r) for p, r in self.csv_rows if r["method"] == method]
+        plain = [(p, r) for p, r in rows if _flag(r.get("amp")) == amp
+                 and not _flag(r.get("channels_last")) and not _flag(r.get("compile"))]
+        groups: dict[tuple, dict[str, float]] = {}
+        for path, r in plain or rows:
+            key = (path, r["device"], int(float(r["image_size"])), int(float(r["labeled_bs"])),
+                   int(float(r["unlabeled_bs"])))
+            groups.setdefault(key, {})[r["stage"].strip().lower()] = float(r["median_step_s"])
+        out = []
+        for (path, device, size, lb, ulb), stages in groups.items():
+            whole = next((stages[s] for s in WHOLE_METHOD_STAGES if s in stages), None)
+            if whole is None:
+                fractions = self.stage_fractions(run)
+                if not set(fractions) <= set(stages):
+                    continue  # a stage of the method was not measured
+                whole = sum(f * stages[s] for s, f in fractions.items())
+            out.append((str(path), Measured(method, device, size, lb, ulb, whole)))
+        return out
+
+    def stage_fractions(self, run) -> dict[str, float]:
+        """Each stage's share of the run's iterations (the method is built once to ask it)."""
+        key = (run.spec.method, repr(run.method_cfg), run.train_cfg.total_iterations)
+        if key not in self._fractions:
+            import torch
+
+            from ssl_bench.engine import stage_iterations
+            from ssl_bench.methods.base import MethodContext
+
+            ctx = MethodContext(num_classes=run.dataset.num_classes, image_size=run.image_size,
+                                total_iterations=run.train_cfg.total_iterations,
+                                generator=torch.Generator().manual_seed(0))
+            stages = run.method_cls(run.method_cfg, ctx).stages()
+            its = stage_iterations(stages, run.train_cfg.total_iterations)
+            self._fractions[key] = {s.name.lower(): n / sum(its) for s, n in zip(stages, its)}
+        return self._fractions[key]
+
+    def estimate(self, run, device: str) -> Estimate | None:
+        """Seconds per iteration of a prepared run on ``device`` (``cpu`` or ``cuda``)."""
+        method = run.spec.method
+        sources = (lambda: self.from_runs, lambda: self.from_csv(run), lambda: self.from_steps_json)
+        for same_kind in (True, False):
+            for fetch in sources:
+                found = [(where, m) for where, m in fetch()
+                         if m.method == method and (device_kind(m.device) == device) == same_kind]
+                if found:
+                    return _scaled(found, run, same_kind)
+        return None
+
+
+def _scaled(found: list[tuple[str, Measured]], run, same_kind: bool) -> Estimate:
+    """The measurement closest in pixels per batch, scaled to the run's."""
+    cfg = run.train_cfg
+    pixels = run.image_size ** 2 * (cfg.labeled_bs + cfg.unlabeled_bs)
+    where, best = min(found, key=lambda wm: abs(wm[1].pixels - pixels))
+    text = f"{where} ({best.config})"
+    scale = pixels / best.pixels
+    if scale != 1:
+        text += f", scaled x{scale:.3g} to {run.image_size} px, {cfg.labeled_bs}+{cfg.unlabeled_bs} slices"
+    if not same_kind:
+        text += f"; measured on {best.device}, not on the sweep's kind of device"
+    return Estimate(best.seconds * scale, text)
+
+
+def _flag(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes")

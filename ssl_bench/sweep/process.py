@@ -1,0 +1,39 @@
+"""A sweep's child processes: started so that they die with the sweep, stopped gently, then surely."""
+from __future__ import annotations
+
+import ctypes
+import signal
+import subprocess
+import sys
+from typing import IO, Mapping, Sequence
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """Linux: the child is killed when the process that started it dies. A job left running
+    unwatched would go on writing its run dir, and a re-run of the sweep would start a second
+    writer there. (Elsewhere a child outlives a killed sweep; Ctrl-C still stops it.)"""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def start(argv: Sequence[str], env: Mapping[str, str], log: IO | None = None,
+          new_session: bool = True) -> subprocess.Popen:
+    """Start ``argv``; ``new_session``: in its own session, so that a Ctrl-C in the terminal
+    reaches only the sweep, which then stops its children itself (``stop``)."""
+    return subprocess.Popen(list(argv), env=dict(env), stdout=log, stderr=subprocess.STDOUT if log else None,
+                            start_new_session=new_session, preexec_fn=_die_with_parent)
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 30.0) -> int:
+    """SIGINT first: ``ssl-bench run`` marks its run interrupted and exits, its last checkpoint
+    intact for a resume. SIGKILL if it has not exited after ``grace_s``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

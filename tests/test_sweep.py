@@ -1,0 +1,314 @@
+"""Sweeps: jobs and their names, the plan (finished jobs, estimates, longest first), local slots
+(never oversubscribed, one device per job), Ctrl-C, job states, the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ssl_bench.cli import app
+from ssl_bench.runconfig import RunSpec
+from ssl_bench.sweep import Job, expand, plan
+from ssl_bench.sweep.estimate import StepTimes
+from ssl_bench.sweep.local import cpu_slots, gpu_slots, make_slots, run_local
+from ssl_bench.sweep.manifest import Manifest
+from ssl_bench.sweep.status import job_status, last_line, last_step
+
+runner = CliRunner()
+SMALL = ["--set", "labeled_bs=2", "--set", "unlabeled_bs=2", "--set", "image_size=24"]
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+def test_job_names_are_unique_when_jobs_differ_only_in_their_extra_options():
+    a = Job("mt", "acdc", ("--labeled", "3"), 0, 0, ["--protocol", "field"])
+    b = Job("mt", "acdc", ("--labeled", "3"), 0, 0, ["--protocol", "field", "--set", "method.variant=ssl4mis"])
+    plain = Job("mt", "acdc", ("--labeled", "3"), 0, 0)
+    assert plain.name == "mt acdc --labeled 3 seed0 split0"
+    assert a.name != b.name and a.name.startswith(plain.name + " #") and len(a.name) == len(plain.name) + 8
+    assert a.file_stem != b.file_stem and "/" not in b.file_stem and " " not in b.file_stem
+    assert Job("mt", "acdc", ("--labeled", "3"), 0, 0, ["--protocol", "field"]).name == a.name  # stable
+    assert a.argv()[-3:] == ["--protocol", "field", "--no-progress"]
+    assert a.argv(["--results-root", "/r"])[3:] == ["run", "--method", "mt", "--dataset", "acdc", "--labeled", "3",
+                                                    "--seed", "0", "--split-seed", "0", "--protocol", "field",
+                                                    "--results-root", "/r"]
+    grid = expand(["mt", "cps"], "acdc", [3, 7], [0.1], [0, 1], [0], ["--set", "lr=0.02"])
+    assert len(grid) == 2 * 3 * 2 and len({j.name for j in grid}) == 12
+
+
+# -- the plan --------------------------------------------------------------------------------------
+def _jobs(methods=("unet-l", "mt"), seeds=(0,), iterations=4, extra=()):
+    return expand(list(methods), "tiny-test", [2], [], list(seeds), [0], ["--iterations", str(iterations), *SMALL, *extra])
+
+
+def _write_steps_json(folder: Path, seconds: dict[str, float], size=24, device="cpu", lb=2, ulb=2):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"steps_{device}_{size}px.json").write_text(json.dumps({
+        "device": device, "image_size": size, "labeled_bs": lb, "unlabeled_bs": ulb,
+        "methods": [{"method": m, "seconds_per_step": s, "stages": {}} for m, s in seconds.items()]}))
+
+
+def test_plan_orders_longest_first_and_skips_finished_runs(tmp_path):
+    from ssl_bench import engine
+
+    bench = tmp_path / "bench"
+    _write_steps_json(bench, {"unet-l": 0.5, "mt": 1.0, "cct": 3.0})
+    root = tmp_path / "results"
+    jobs = _jobs(("unet-l", "mt", "cct"), seeds=(0, 1), iterations=4)
+    p = plan(jobs, root, runtime=["--results-root", str(root)], bench_dirs=[bench])
+    assert [pj.job.method for pj in p.jobs] == ["cct", "cct", "mt", "mt", "unet-l", "unet-l"]
+    assert [pj.remaining_s for pj in p.jobs] == [12.0, 12.0, 4.0, 4.0, 2.0, 2.0]
+    assert p.device_hours == pytest.approx(36.0 / 3600)
+    assert str(bench / "steps_cpu_24px.json") in p.jobs[0].estimate.source
+
+    # finish one job the way `ssl-bench run` would: the plan finds its run dir and skips it
+    done = next(pj for pj in p.jobs if pj.job.method == "mt")
+    spec = RunSpec(method="mt", dataset="tiny-test", labeled=2, seed=done.job.seed,
+                   overrides={"iterations": "4", "labeled_bs": "2", "unlabeled_bs": "2", "image_size": "24"})
+    prepared = engine.prepare(spec, tmp_path / "data", root)
+    assert prepared.run_dir == done.run_dir
+    engine.fit(prepared, progress=False)
+    again = plan(jobs, root, runtime=["--results-root", str(root)], bench_dirs=[bench])
+    assert [pj.job.name for pj in again.finished] == [done.job.name]
+    assert len(again.todo) == 5 and again.jobs[-1].finished
+    text = again.describe()
+    assert "6 job(s): 1 already finished (skipped), 5 to run" in text
+    # the finished run measured its own cost: the remaining mt job is now estimated from it
+    assert f"  cct, unet-l: {bench / 'steps_cpu_24px.json'}" in text
+    assert f"  mt: median of 1 finished run(s) under {root}" in text
+
+
+def test_plan_refuses_two_jobs_of_one_run():
+    jobs = [Job("mt", "tiny-test", ("--labeled", "2"), 0, 0, ["--iterations", "4"]),
+            Job("mt", "tiny-test", ("--labeled", "2"), 0, 0, ["--iterations", "4", "--set", "lr=0.01"])]
+    with pytest.raises(ValueError, match="are the same run"):
+        plan(jobs, "results", bench_dirs=[])
+    with pytest.raises(ValueError, match="appears twice"):
+        plan([jobs[0], jobs[0]], "results", bench_dirs=[])
+    with pytest.raises(ValueError, match="No such option: --bogus"):
+        plan([Job("mt", "tiny-test", ("--labeled", "2"), 0, 0, ["--bogus"])], "results", bench_dirs=[])
+
+
+def _resolved(tmp_path, method, size=24, lb=2, ulb=2, amp="false"):
+    from ssl_bench.sweep.plan import resolve
+
+    job = Job(method, "tiny-test", ("--labeled", "2"), 0, 0,
+              ["--iterations", "8", "--set", f"image_size={size}", "--set", f"labeled_bs={lb}",
+               "--set", f"unlabeled_bs={ulb}", "--set", f"amp={amp}"])
+    return resolve(job, ["--results-root", str(tmp_path / "results")])
+
+
+def test_estimates_prefer_finished_runs_then_the_bench_csv_then_steps_json_and_scale_by_pixels(tmp_path):
+    bench = tmp_path / "bench"
+    _write_steps_json(bench, {"gcl": 9.0}, size=48, lb=2, ulb=2)
+    run = _resolved(tmp_path, "gcl", size=24)
+    times = StepTimes(tmp_path / "results", [bench])
+    est = times.estimate(run, "cpu")
+    assert est.seconds_per_iteration == pytest.approx(9.0 / 4)  # a quarter of the pixels per batch
+    assert "scaled x0.25 to 24 px, 2+2 slices" in est.source and "steps_cpu_48px.json" in est.source
+
+    # the CSV (per stage, weighted by GCL's 0.25 / 0.25 / 0.5 of the iterations) comes first;
+    # rows with AMP, channels_last or compile do not describe a plain fp32 run
+    header = "device,method,stage,image_size,labeled_bs,unlabeled_bs,amp,channels_last,compile,median_step_s,peak_mem_mb,ratio_to_unet_l\n"
+    rows = ["cpu,gcl,global,24,2,2,false,false,false,1.0,10,1", "cpu,gcl,local,24,2,2,false,false,false,2.0,10,1",
+            "cpu,gcl,finetune,24,2,2,false,false,false,4.0,10,1", "cpu,gcl,global,24,2,2,true,false,false,0.1,10,1",
+            "cpu,gcl,local,24,2,2,true,false,false,0.1,10,1", "cpu,gcl,finetune,24,2,2,true,false,false,0.1,10,1",
+            "NVIDIA H200,gcl,all,24,2,2,false,false,false,0.01,10,1"]
+    (bench / "steps.csv").write_text(header + "\n".join(rows) + "\n")
+    (bench / "other.csv").write_text("a,b\n1,2\n")  # another benchmark's table is ignored
+    times = StepTimes(tmp_path / "results", [bench])
+    assert times.estimate(run, "cpu").seconds_per_iteration == pytest.approx(0.25 * 1 + 0.25 * 2 + 0.5 * 4)
+    assert times.estimate(_resolved(tmp_path, "gcl", amp="true"), "cpu").seconds_per_iteration == pytest.approx(0.1)
+    gpu = times.estimate(run, "cuda")
+    assert gpu.seconds_per_iteration == pytest.approx(0.01) and "NVIDIA H200" in gpu.source
+
+    # a finished run's own cost comes before any benchmark
+    run_dir = tmp_path / "results" / "x"
+    run_dir.mkdir(parents=True)
+    (run_dir / "tags.json").write_text(json.dumps({"method": "gcl"}))
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "finished", "cost": {
+        "device": "cpu", "image_size": 24, "labeled_bs": 2, "unlabeled_bs": 2, "seconds_per_iteration": 0.7}}))
+    times = StepTimes(tmp_path / "results", [bench])
+    assert times.estimate(run, "cpu").seconds_per_iteration == pytest.approx(0.7)
+    # no GPU measurement among the runs: the CSV's GPU row, not the CPU run
+    assert times.estimate(run, "cuda").seconds_per_iteration == pytest.approx(0.01)
+    # nothing measured on a GPU at all: a CPU figure, said to be one
+    only_cpu = StepTimes(tmp_path / "nothing", [tmp_path / "empty"])
+    assert only_cpu.estimate(run, "cuda") is None
+    _write_steps_json(tmp_path / "cpu-only", {"gcl": 2.0})
+    est = StepTimes(tmp_path / "nothing", [tmp_path / "cpu-only"]).estimate(run, "cuda")
+    assert est.seconds_per_iteration == 2.0 and "measured on cpu, not on the sweep's kind of device" in est.source
+
+
+# -- local slots -----------------------------------------------------------------------------------
+def test_slots():
+    slots = gpu_slots(["3", "7"], jobs_per_gpu=2, cpu_count=8)
+    assert [s.name for s in slots] == ["gpu 3 #1", "gpu 7 #1", "gpu 3 #2", "gpu 7 #2"]
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["3", "7", "3", "7"]
+    assert {s.env["OMP_NUM_THREADS"] for s in slots} == {"2"}
+    assert [s.env for s in cpu_slots(2)] == [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+                                              "MKL_NUM_THREADS": "1"}] * 2
+    assert make_slots("0,1", 1)[1] == "cuda" and make_slots("none", cpu_jobs=3)[0] == cpu_slots(3)
+    with pytest.raises(ValueError, match="--jobs-per-gpu"):
+        make_slots("0", cpu_jobs=2)
+    with pytest.raises(ValueError, match="--gpus"):
+        make_slots(",")
+
+
+# each fake job records the device it saw and when it ran, then sleeps a little
+RECORD = textwrap.dedent("""
+    import json, os, sys, time
+    t0 = time.time()
+    time.sleep(0.4)
+    with open(sys.argv[1], "w") as f:
+        json.dump({"device": os.environ["CUDA_VISIBLE_DEVICES"], "start": t0, "end": time.time()}, f)
+""")
+
+
+def _manifest(tmp_path, jobs: dict[str, list[str]]) -> Manifest:
+    folder = tmp_path / "sweeps" / "test"
+    data = {"id": "test", "executor": "local", "jobs": [
+        {"name": n, "argv": argv, "run_dir": str(tmp_path / "runs" / n), "iterations": 10,
+         "log": str(folder / "logs" / f"{n}.log")} for n, argv in jobs.items()]}
+    return Manifest(folder / "manifest.json", data)
+
+
+def test_local_slots_are_never_oversubscribed_and_each_job_sees_only_its_device(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    names = [f"job{i}" for i in range(10)]
+    manifest = _manifest(tmp_path, {n: [sys.executable, "-c", RECORD, str(out / f"{n}.json")] for n in names})
+    codes = run_local(manifest, names, gpu_slots(["3", "7"], jobs_per_gpu=2), poll_s=0.05)
+    assert codes == {n: 0 for n in names}
+    records = {n: json.loads((out / f"{n}.json").read_text()) for n in names}
+    for n in names:  # the device the job saw is the one of the slot it was given
+        assert records[n]["device"] == manifest.job(n)["slot"].split()[1]
+    for device in ("3", "7"):
+        spans = [(r["start"], r["end"]) for r in records.values() if r["device"] == device]
+        for t, _ in spans:  # at no start are more than 2 jobs (the GPU's slots) running on it
+            assert sum(s <= t < e for s, e in spans) <= 2
+    assert {r["device"] for r in records.values()} == {"3", "7"}
+    saved = json.loads(manifest.path.read_text())
+    assert all(j["exit_code"] == 0 and j["pid"] > 0 for j in saved["jobs"])
+
+
+SWEEP_UNDER_SIGINT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from ssl_bench.sweep.local import SweepInterrupted, cpu_slots, run_local
+    from ssl_bench.sweep.manifest import Manifest
+    manifest = Manifest.load(Path(sys.argv[1]))
+    try:
+        run_local(manifest, [j["name"] for j in manifest.jobs], cpu_slots(2), poll_s=0.05, grace_s=5)
+    except SweepInterrupted as exc:
+        print("interrupted:", exc)
+        sys.exit(130)
+""")
+
+# a job that, like `ssl-bench run`, turns SIGINT into a clean exit, after telling it did
+SLOW_JOB = textwrap.dedent("""
+    import sys, time
+    open(sys.argv[1], "w").write("started")
+    try:
+        time.sleep(120)
+    except KeyboardInterrupt:
+        open(sys.argv[1], "w").write("interrupted")
+        sys.exit(1)
+""")
+
+
+def test_ctrl_c_stops_every_child_and_records_it(tmp_path):
+    names = ["a", "b", "c"]
+    manifest = _manifest(tmp_path, {n: [sys.executable, "-c", SLOW_JOB, str(tmp_path / f"{n}.state")] for n in names})
+    manifest.write()
+    sweep = subprocess.Popen([sys.executable, "-c", SWEEP_UNDER_SIGINT, str(manifest.path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not ((tmp_path / "a.state").exists() and (tmp_path / "b.state").exists()):
+        assert time.time() < deadline and sweep.poll() is None, sweep.communicate()[0]
+        time.sleep(0.05)
+    sweep.send_signal(signal.SIGINT)
+    out = sweep.communicate(timeout=60)[0]
+    assert sweep.returncode == 130 and "stopped 2 running job(s)" in out, out
+    saved = Manifest.load(manifest.path)
+    for n in ("a", "b"):
+        entry = saved.job(n)
+        assert (tmp_path / f"{n}.state").read_text() == "interrupted"  # each child got SIGINT
+        assert entry["interrupted"] and entry["exit_code"] == 1
+        with pytest.raises(ProcessLookupError):
+            os.kill(entry["pid"], 0)
+        assert job_status(entry).state == "stopped"
+    assert not (tmp_path / "c.state").exists() and "pid" not in saved.job("c")  # never started
+    assert job_status(saved.job("c")).state == "queued"
+
+
+# -- job states ------------------------------------------------------------------------------------
+def test_job_states_from_run_dirs_and_logs(tmp_path):
+    run_dir = tmp_path / "run"
+    entry = {"name": "j", "run_dir": str(run_dir), "iterations": 40, "log": str(tmp_path / "j.log")}
+    assert (job_status(entry).state, job_status(entry).progress) == ("queued", "")
+    (run_dir).mkdir()
+    (run_dir / "tags.json").write_text(json.dumps({"status": "running"}))
+    (run_dir / "log.jsonl").write_text('{"step": 5, "metrics": {}}\n{"step": 10, "metrics": {}}\n{"step": 1')
+    assert last_step(run_dir) == 10  # a partial last line is skipped
+    s = job_status({**entry, "slurm_job_id": "4242_3"})  # e.g. a Slurm task: known from its run only
+    assert (s.state, s.progress) == ("running", "10/40 (25%)") and s.detail.startswith("4242_3 logged")
+    Path(entry["log"]).write_text("Traceback (most recent call last):\n  ...\nRuntimeError: CUDA out of memory\n\n")
+    assert last_line(entry["log"]) == "RuntimeError: CUDA out of memory"
+    s = job_status({**entry, "exit_code": 1})
+    assert s.state == "failed" and s.detail == "exit 1: RuntimeError: CUDA out of memory"
+    import socket
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    s = job_status({**entry, "pid": gone.pid, "host": socket.gethostname()})
+    assert s.state == "stopped" and "re-run the sweep" in s.detail
+    s = job_status({**entry, "pid": os.getpid(), "host": socket.gethostname(), "slot": "gpu 1"})
+    assert s.state == "running" and s.detail.startswith("gpu 1, logged")
+    (run_dir / "tags.json").write_text(json.dumps({"status": "failed", "status_message": "TrainingDiverged: nan"}))
+    Path(entry["log"]).unlink()
+    assert (job_status(entry).state, job_status(entry).detail) == ("failed", "TrainingDiverged: nan")
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "finished", "cost": {"device_hours": 0.25}}))
+    s = job_status({**entry, "exit_code": 0})
+    assert (s.state, s.progress, s.detail) == ("finished", "40/40", "0.250 device-h")
+
+
+# -- the command line ------------------------------------------------------------------------------
+def test_sweep_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
+    res = runner.invoke(app, ["sweep", "--methods", "unet-l,mt", "--dataset", "tiny-test", "--labeled", "2",
+                              "--seeds", "0,1", "--iterations", "30", "--dry-run", *SMALL,
+                              "--results-root", str(tmp_path / "results")])
+    assert res.exit_code == 0, res.output
+    assert "4 job(s): 0 already finished (skipped), 4 to run" in res.output
+    # estimated from the checkout's results/bench/steps_cpu_64px.json, at 24 px
+    assert "mt, unet-l: " in res.output and "steps_cpu_64px.json" in res.output and "scaled x" in res.output
+    assert not (tmp_path / "results" / "sweeps").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "tiny-test", "--labeled", "2"], "give --methods and --dataset"),
+    (["--methods", "nope", "--dataset", "tiny-test", "--labeled", "2"], "unknown method 'nope'"),
+    (["--methods", "mt", "--dataset", "tiny-test"], "give at least one --labeled N or --ratio r"),
+    (["--methods", "mt", "--dataset", "tiny-test", "--labeled", "2", "--time", "soon"], "--time 'soon'"),
+    (["--methods", "mt", "--dataset", "tiny-test", "--labeled", "2", "--executor", "slurm", "--slurm-arg", "=x"],
+     "--slurm-arg '=x'"),
+    (["--methods", "mt", "--dataset", "tiny-test", "--labeled", "2", "--gpus", "0", "--jobs", "2"], "--jobs-per-gpu"),
+])
+def test_bad_sweep_arguments(tmp_path, args, message):
+    res = runner.invoke(app, ["sweep", *args, "--results-root", str(tmp_path / "r")])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_sweep_status_names_a_missing_sweep(tmp_path):
+    res = runner.invoke(app, ["sweep", "status", "--results-root", str(tmp_path)])
+    assert res.exit_code == 2 and "no sweep under" in res.output
+    res = runner.invoke(app, ["sweep", "status", "--results-root", str(tmp_path), "--sweep", "abc"])
+    assert res.exit_code == 2 and "no sweep 'abc'" in res.output
