@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
+import time
 from typing import IO, Mapping, Sequence
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -28,12 +30,36 @@ def start(argv: Sequence[str], env: Mapping[str, str], log: IO | None = None,
 
 def stop(proc: subprocess.Popen, grace_s: float = 30.0) -> int:
     """SIGINT first: ``ssl-bench run`` marks its run interrupted and exits, its last checkpoint
-    intact for a resume. SIGKILL if it has not exited after ``grace_s``."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+    intact for a resume. SIGKILL if it has not exited after ``grace_s``. Safe inside a signal
+    handler that interrupted a ``wait`` on ``proc`` (submitit's preemption hook): it reaps with
+    ``os.waitpid`` and never takes the lock that the interrupted ``Popen.wait`` holds."""
+    _signal(proc, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    while (code := _reap(proc)) is None:
+        if time.monotonic() > deadline:
+            _signal(proc, signal.SIGKILL)
+            deadline = float("inf")
+        time.sleep(0.05)
+    return code
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    if proc.returncode is None:
         try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _reap(proc: subprocess.Popen) -> int | None:
+    """The exit code if the process has ended (reaping it), else None."""
+    if proc.returncode is not None:
+        return proc.returncode
+    try:
+        pid, status = os.waitpid(proc.pid, os.WNOHANG)
+    except ChildProcessError:  # reaped by Popen meanwhile
+        return proc.returncode if proc.returncode is not None else -signal.SIGKILL
+    if pid == 0:
+        return None
+    proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode

@@ -40,7 +40,8 @@ class SlurmOptions:
 
 
 def parse_minutes(text: str) -> int:
-    """Slurm's time formats (``90``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM[:SS]``) in whole minutes."""
+    """Slurm's time formats (``90``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM[:SS]``) in whole
+    minutes, rounded up."""
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(text).strip())
     if not m:
         raise ValueError(f"--time {text!r}: use minutes, HH:MM:SS or D-HH:MM:SS")
@@ -53,9 +54,9 @@ def parse_minutes(text: str) -> int:
         seconds = a * 60 + b
     else:  # minutes
         seconds = a * 60
-    if seconds < 60:
-        raise ValueError(f"--time {text!r}: give at least one minute")
-    return -(-seconds // 60)
+    if seconds <= 0:
+        raise ValueError(f"--time {text!r}: give a positive time limit")
+    return -(-seconds // 60)  # Slurm counts whole minutes
 
 
 def parse_slurm_args(items: list[str]) -> dict[str, str | bool]:
