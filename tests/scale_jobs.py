@@ -30,9 +30,9 @@ def toy_dataset(root: Path) -> Path:
     return folder
 
 
-def run_options(data: Path, method: str = "gcl", seed: int = 0) -> list[str]:
+def run_options(data: Path, method: str = "gcl", seed: int = 0, iterations: int = ITERATIONS) -> list[str]:
     return ["--method", method, "--dataset", "nnunet", "--data-root", str(data), "--labeled", "2",
-            "--seed", str(seed), "--iterations", str(ITERATIONS), *TINY]
+            "--seed", str(seed), "--iterations", str(iterations), *TINY]
 
 
 def cli(*args: str) -> list[str]:
