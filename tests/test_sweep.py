@@ -62,7 +62,7 @@ def test_plan_orders_longest_first_and_skips_finished_runs(tmp_path):
     _write_steps_json(bench, {"unet-l": 0.5, "mt": 1.0, "cct": 3.0})
     root = tmp_path / "results"
     jobs = _jobs(("unet-l", "mt", "cct"), seeds=(0, 1), iterations=4)
-    p = plan(jobs, root, runtime=["--results-root", str(root)], bench_dirs=[bench])
+    p = plan(jobs, root, bench_dirs=[bench])
     assert [pj.job.method for pj in p.jobs] == ["cct", "cct", "mt", "mt", "unet-l", "unet-l"]
     assert [pj.remaining_s for pj in p.jobs] == [12.0, 12.0, 4.0, 4.0, 2.0, 2.0]
     assert p.device_hours == pytest.approx(36.0 / 3600)
@@ -75,7 +75,7 @@ def test_plan_orders_longest_first_and_skips_finished_runs(tmp_path):
     prepared = engine.prepare(spec, tmp_path / "data", root)
     assert prepared.run_dir == done.run_dir
     engine.fit(prepared, progress=False)
-    again = plan(jobs, root, runtime=["--results-root", str(root)], bench_dirs=[bench])
+    again = plan(jobs, root, bench_dirs=[bench])
     assert [pj.job.name for pj in again.finished] == [done.job.name]
     assert len(again.todo) == 5 and again.jobs[-1].finished
     text = again.describe()

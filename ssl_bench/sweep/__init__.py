@@ -18,20 +18,10 @@ from typing import Sequence
 
 from ssl_bench.sweep.local import SweepInterrupted, make_slots
 from ssl_bench.sweep.manifest import Manifest
-from ssl_bench.sweep.plan import Job, Plan, expand, plan
+from ssl_bench.sweep.plan import Job, Plan, expand, plan, runtime_args
 from ssl_bench.sweep.slurm import SlurmOptions
 
 __all__ = ["Job", "Plan", "SlurmOptions", "SweepInterrupted", "expand", "launch", "plan", "runtime_args"]
-
-
-def runtime_args(results_root: Path, data_root: Path | None = None, tracking_uri: str | None = None) -> list[str]:
-    """What every job of a sweep is given besides its own options: where to read and write."""
-    args = ["--no-progress", "--results-root", str(results_root)]
-    if data_root is not None:
-        args += ["--data-root", str(Path(data_root).expanduser().resolve())]
-    if tracking_uri:
-        args += ["--tracking-uri", tracking_uri]
-    return args
 
 
 def launch(jobs: Sequence[Job], *, executor: str = "local", results_root: str | Path | None = None,

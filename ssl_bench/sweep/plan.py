@@ -63,6 +63,16 @@ def expand(methods, dataset, labeled, ratios, seeds, split_seeds, extra) -> list
             for m, s, seed, ss in itertools.product(methods, settings, seeds, split_seeds)]
 
 
+def runtime_args(results_root: Path, data_root: Path | None = None, tracking_uri: str | None = None) -> list[str]:
+    """What every job of a sweep is given besides its own options: where to read and write."""
+    args = ["--no-progress", "--results-root", str(results_root)]
+    if data_root is not None:
+        args += ["--data-root", str(Path(data_root).expanduser().resolve())]
+    if tracking_uri:
+        args += ["--tracking-uri", tracking_uri]
+    return args
+
+
 # -- resolving a job like `ssl-bench run` does ---------------------------------------------------
 def _run_command():
     import typer.main
@@ -144,12 +154,16 @@ class Plan:
         return "\n".join(lines)
 
 
-def plan(jobs: Sequence[Job], results_root: str | Path, *, runtime: Sequence[str] = (), device: str = "cpu",
-         bench_dirs: Sequence[Path] | None = None) -> Plan:
-    """Resolve every job (``runtime``: the roots and URI the jobs will get), skip the finished
-    ones, estimate the rest on ``device`` ("cpu" or "cuda") and order them longest first (jobs
-    without an estimate first: they may be the longest). Two jobs of one run dir are an error."""
+def plan(jobs: Sequence[Job], results_root: str | Path, *, runtime: Sequence[str] | None = None,
+         device: str = "cpu", bench_dirs: Sequence[Path] | None = None) -> Plan:
+    """Resolve every job (``runtime``: the roots and URI the jobs will get, default
+    ``runtime_args(results_root)``), skip the finished ones, estimate the rest on ``device``
+    ("cpu" or "cuda") from the measurements of ``bench_dirs`` (default: ``results/bench``) and
+    order them longest first (jobs without an estimate first: they may be the longest). Two
+    jobs of one run dir are an error."""
     from ssl_bench.sweep.estimate import default_bench_dirs
+
+    runtime = runtime_args(Path(results_root)) if runtime is None else runtime
 
     names: dict[str, Job] = {}
     for job in jobs:
