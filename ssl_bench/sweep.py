@@ -68,3 +68,23 @@ def run_pool(jobs: list[Job], slots: list[dict[str, str]], log_dir: Path, consol
             state = "finished" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {log.name})"
             say(f"{state:8} {job.name} in {time.time() - t0:.0f} s")
     return codes
+
+
+def cpu_or_gpu_slots(jobs: int = 0) -> tuple[list[dict[str, str]], list[str]]:
+    """One slot per GPU (its own ``CUDA_VISIBLE_DEVICES``), else one single-thread slot per core;
+    returns (slots, extra ``ssl-bench run`` args every job needs)."""
+    import torch
+
+    n_gpu = torch.cuda.device_count()
+    n_slots = jobs or n_gpu or (os.cpu_count() or 1)
+    if n_gpu:
+        return [{"CUDA_VISIBLE_DEVICES": str(i % n_gpu)} for i in range(n_slots)], []
+    return [{"OMP_NUM_THREADS": "1"} for _ in range(n_slots)], ["--set", "threads=1"]
+
+
+def launch(jobs: list[Job], *, results_root: Path, jobs_in_parallel: int = 0, console=None) -> dict[str, int]:
+    """Run ``jobs`` on this machine's slots; returns each job's exit code by name."""
+    slots, extra = cpu_or_gpu_slots(jobs_in_parallel)
+    for job in jobs:
+        job.extra = [*job.extra, *extra]
+    return run_pool(jobs, slots, Path(results_root) / "sweep-logs", console)

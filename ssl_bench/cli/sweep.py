@@ -1,7 +1,6 @@
 """``ssl-bench sweep``: many runs through a pool of local slots."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +25,7 @@ def sweep(
     """Run every (method, setting, seed) locally through a pool of GPU or CPU slots (resumable)."""
     from ssl_bench import engine, tracking
     from ssl_bench.registry import get_dataset_class, get_method_class, list_methods
-    from ssl_bench.sweep import expand, run_pool
+    from ssl_bench.sweep import expand, launch
 
     try:
         names = list_methods() if methods == "all" else [m.strip() for m in methods.split(",") if m.strip()]
@@ -39,17 +38,7 @@ def sweep(
         split_list = [int(s) for s in split_seeds.split(",")]
     except user_errors() as exc:
         fail(str(exc))
-    import torch
-
-    n_gpu = torch.cuda.device_count()
-    n_slots = jobs or n_gpu or (os.cpu_count() or 1)
-    if n_gpu:
-        slots = [{"CUDA_VISIBLE_DEVICES": str(i % n_gpu)} for i in range(n_slots)]
-        threads = []
-    else:
-        slots = [{"OMP_NUM_THREADS": "1"} for _ in range(n_slots)]
-        threads = ["--set", "threads=1"]
-    extra = [*threads, *[a for s in set_ for a in ("--set", s)]]
+    extra = [a for s in set_ for a in ("--set", s)]
     if iterations:
         extra += ["--iterations", str(iterations)]
     rr = tracking.results_root(results_root)
@@ -60,8 +49,8 @@ def sweep(
     get_dataset_class(dataset)(engine.data_root(data_root))
     tracking.make_client(tracking.default_tracking_uri(rr)).search_experiments()
     job_list = expand(names, dataset, labeled, ratio, seed_list, split_list, extra)
-    console.print(f"{len(job_list)} jobs on {n_slots} slot(s); logs in {rr / 'sweep-logs'}")
-    codes = run_pool(job_list, slots, rr / "sweep-logs", console)
+    console.print(f"{len(job_list)} jobs; logs in {rr / 'sweep-logs'}")
+    codes = launch(job_list, results_root=rr, jobs_in_parallel=jobs, console=console)
     failed = [k for k, v in codes.items() if v != 0]
     if failed:
         fail(f"{len(failed)} of {len(codes)} jobs failed: {', '.join(failed)}", code=1)
