@@ -17,6 +17,7 @@ def sweep(
     seeds: str = typer.Option("0", "--seeds", help="comma-separated initialisation seeds"),
     split_seeds: str = typer.Option("0", "--split-seeds", help="comma-separated split seeds"),
     jobs: int = typer.Option(0, "--jobs", "-j", help="parallel jobs (default: one per GPU, else one per CPU core)"),
+    protocol: str = typer.Option("paper", "--protocol", help="training protocol of every run (see `ssl-bench protocols`)"),
     set_: list[str] = typer.Option([], "--set", help="passed to every run"),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n"),
     results_root: Optional[Path] = typer.Option(None, "--results-root"),
@@ -34,11 +35,14 @@ def sweep(
         get_dataset_class(dataset)
         if not labeled and not ratio:
             raise ValueError("give at least one --labeled N or --ratio r")
+        from ssl_bench.protocols import get_protocol
+
+        get_protocol(protocol)
         seed_list = [int(s) for s in seeds.split(",")]
         split_list = [int(s) for s in split_seeds.split(",")]
     except user_errors() as exc:
         fail(str(exc))
-    extra = [a for s in set_ for a in ("--set", s)]
+    extra = ["--protocol", protocol, *[a for s in set_ for a in ("--set", s)]]
     if iterations:
         extra += ["--iterations", str(iterations)]
     rr = tracking.results_root(results_root)
