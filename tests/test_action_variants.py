@@ -20,7 +20,7 @@ from ssl_bench.methods.action_losses import (anco_loss, class_relation_graph, ne
                                              reco_weighted_ce, sampled_anco)
 from ssl_bench.methods.action_mix import classmix_mask, cutmix_mask
 from ssl_bench.runconfig import RunSpec
-from ssl_bench.testing import check_stage, tiny_setup
+from ssl_bench.testing import check_stage, run_contract, tiny_setup
 
 
 # -- ReCo-weighted pseudo-label CE ----------------------------------------------------------------
@@ -180,6 +180,17 @@ def test_variants_resolve_and_explicit_values_win():
         tiny_setup("action", {"variant": "authors"})
     with pytest.raises(ConfigError, match="mix='mixup'; use one of none, cutmix, classmix"):
         tiny_setup("action", {"mix": "mixup"})
+
+
+@pytest.mark.parametrize("overrides", [{"variant": "released"},
+                                       {"variant": "released", "ablation": "no-pseudo-ce", "mix": "classmix"},
+                                       {"variant": "released", "teacher_eval": "true", "ablation": "no-stage2"}])
+def test_released_variant_honours_the_method_contract(overrides):
+    for rep in run_contract("action", overrides):
+        assert math.isfinite(rep["loss"]) and not rep["missing"], (rep["stage"], rep["missing"][:3])
+        assert not rep["teacher_grads"] and all(rep["ema_ok"].values())
+        if rep["stage"] != "i":
+            assert rep["unsup_grad"] > 0, rep["stage"]
 
 
 def test_released_stage_ii_adds_the_global_kl():
