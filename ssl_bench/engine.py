@@ -342,6 +342,8 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
                     ctx.generator.set_state(resume["rng"]["method"])
                 method.load_extra_state(resume.get("method_state", {}))
                 resume = None
+            if start == 0:  # after the resume block: a stage-start hook sees the loaded weights
+                method.on_stage_start(stage.name)
             final_stage = si == len(stages) - 1
             method.train(True)
             bar = _progress(progress, console, f"{spec.method} [{stage.name}]", n_it, start)
