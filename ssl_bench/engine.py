@@ -285,6 +285,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
         "method": spec.method, "dataset": spec.dataset, "setting": spec.setting,
         "seed": str(spec.seed), "split_seed": str(spec.split_seed), "split": run.resolved["split_name"],
         "ablation": method.ablation_tag(), "run_dir": str(run_dir),
+        "variant": str(getattr(run.method_cfg, "variant", "") or ""),
         "git_commit": tracking.git_commit(), "status": "running",
         "protocol": spec.protocol, "protocol_version": str(run.resolved["protocol_version"]),
         "report_checkpoint": cfg.report_checkpoint,
