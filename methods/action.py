@@ -1,11 +1,12 @@
 """ACTION: anatomical-aware contrastive distillation (You, Dai, Min, Staib, Duncan, "Bootstrapping
 Semi-supervised Medical Image Segmentation with Anatomical-aware Contrastive Distillation",
-IPMI 2023). Implemented from the paper (its Section 2 and implementation details); the released
-code does not run as published and its local stage scrambles embeddings, so it is not followed.
+IPMI 2023). Two variants (``--set method.variant=...``): ``paper`` (default), our reading of the
+paper's Section 2 and implementation details, and ``released``, the authors' released code
+(github.com/charlesyou999648/ACTION: ``code/train_2D.sh``, ``train_2D_pretrain.py``,
+``train_2D_action.py``, ``model.py``), whose stage iii is ReCo's (Liu et al., ICLR 2022).
 
 A student (U-Net + heads, ``methods/action_heads.py``) and an EMA teacher (m = 0.99, same
-network and projection heads, never given gradients) train in three stages, by default 100, 100
-and 200 epochs -> 1/4, 1/4 and 1/2 of the iteration budget:
+network and projection heads, never given gradients) train in three stages:
 
 * **i, global contrastive distillation** (unlabeled slices; encoder + H^g + H^g_p trainable).
   Query q: the teacher sees a ``teacher_aug`` view, the student a ``student_aug`` view, drawn
@@ -21,17 +22,67 @@ and 200 epochs -> 1/4, 1/4 and 1/2 of the iteration budget:
   The two views are pixel-aligned (the loop's weak geometry; "strong" adds photometric changes),
   so region k of the student view and region k of the teacher view show the same anatomy. Each
   student region is a query; the anchors are *all* teacher region embeddings of the (up to 36)
-  unlabeled slices in a second FIFO bank. Same KL loss, plus 0.5 (CE + Dice) on labeled slices.
-* **iii, anatomical contrast fine-tuning** (weights of stage ii carried over; student and
-  teacher both continue, no re-sync, as the paper re-uses F_s and F_t; whole U-Net + H_r).
-  L = 0.5 (CE + Dice) on labeled + ``w_unsup_ce`` CE on the teacher's pseudo-labels of the
-  teacher view, pixels with confidence > theta_s = 0.97 only (``pseudo_label_ce``) +
-  ``w_anco`` AnCo (Eq. 4-7, ``sampled_anco``) on H_r embeddings of the labeled slices (ground
-  truth labels, every pixel) and of the unlabeled student views (teacher pseudo-labels,
-  confidence > ``anco_valid_threshold``); hard queries are pixels whose *student* softmax
-  probability of their (pseudo-)label is <= theta_s. 256 queries and 512 negative keys per class
-  per mini-batch, tau_an = 0.5. The paper gives no weight for AnCo, i.e. 1.0 (the released
-  stage-iii script multiplies it by 0.01).
+  unlabeled slices in a second FIFO bank. Same KL loss, plus 0.5 (CE + Dice) on labeled slices,
+  plus ``w_global_stage2`` x the stage-i global KL on the same views (H^g, H^g_p then train too).
+* **iii, anatomical contrast fine-tuning** (weights of stage ii carried over; whole U-Net + H_r).
+  L = 0.5 (CE + Dice) on labeled + ``w_unsup_ce`` x pseudo-label CE towards the teacher's argmax
+  on the teacher view (confidence threshold theta_s = 0.97) + ``w_anco`` x AnCo (Eq. 4-7,
+  ``action_losses.sampled_anco``) on H_r embeddings of the labeled slices (ground truth, every
+  pixel) and of the unlabeled student views (teacher pseudo-labels, confidence >
+  ``anco_valid_threshold``); hard queries are pixels whose *student* softmax probability of
+  their (pseudo-)label is <= theta_s. 256 queries and 512 negative keys per class per
+  mini-batch, tau_an = 0.5.
+
+What the two variants set (each is a config field: ``None`` takes the variant's value, an
+explicit ``--set method.<field>=...`` wins), paper reading first, released code second:
+
+* ``w_anco``: 1.0 (the paper gives no weight) / 0.01 (``--k1 0.01`` of train_2D_action.py).
+* ``anco_key_grad``: true, the prototype and the negative keys carry gradients (the paper is
+  silent; this is our departure) / false, keys are built under no_grad and only the queries are
+  trained (as in ReCo).
+* ``anco_valid_threshold``: 0.97 (the paper names no gate for unlabeled pixels; we reuse
+  theta_s) / 0.7 (``--weak_threshold``).
+* ``resync_teacher``: false, stage iii re-uses F_s and F_t "as initialization" / true, student
+  *and* teacher start stage iii from the stage-ii student. Done in ``on_stage_start``, which the
+  loop calls after any checkpoint is loaded and only at step 0 of the stage.
+* ``pseudo_ce``: ``masked``, CE summed over pixels with teacher confidence > theta_s, divided by
+  all pixels (FixMatch) / ``reco``, CE on every pixel, each image weighted by its fraction of
+  pixels >= theta_s, mean over the pixels with CE > 0 (ReCo's ``compute_unsupervised_loss``).
+* ``mix``: ``none`` / ``cutmix`` (``--apply_aug cutmix`` in train_2D.sh; the script's own default
+  is ``classmix``, also available): stage iii mixes each unlabeled student view with the next
+  one, and the teacher's probabilities with the same masks (``action_mix``).
+* ``anco_form``: ``paper``, dot products with the plain class mean, G = softmax(dot products),
+  a class without hard pixels takes queries from all its pixels / ``reco``, cosine with the
+  renormalised mean, G = softmax(cos / tau_an), such a class is skipped (but still counted in
+  the class mean). See ``action_losses``.
+* ``w_global_stage2``: 0 (stage ii trains the local term only) / 1 (``--k1 1`` in stage ii keeps
+  the global KL on, on the same aligned views).
+* ``stage_epochs``: 100 / 100 / 200 epochs, i.e. 1/4, 1/4, 1/2 of the budget / 30k / 30k / 30k
+  iterations, i.e. thirds (the release trains 90k steps in all).
+
+Switches of both variants: ``teacher_eval`` (pseudo-labels of stage iii from the teacher in eval
+mode; default off: the released code, ReCo and our paper reading run it in train mode, dropout
+on) and the ablations below.
+
+Remaining differences from the released code, in both variants (not switchable):
+* stages i/ii: the release feeds one image (same geometry) to both networks, labeled slices
+  included, with a Gaussian blur (p 0.5) on the teacher's copy (its colour jitter is applied in
+  place and so reaches both); here stage i draws independent views of unlabeled slices and
+  stage ii aligned ones, student strong / teacher weak (Table 4's default);
+* its local stage compares 36-value chunks of reshaped windowed logits (scrambled across
+  images); here region embeddings on a ``local_grid`` grid. Its heads are linear without a
+  nonlinearity, its teacher's global head is trained by gradient (not EMA), and its anchor
+  queues start from random vectors and restart at stage ii; here MLP heads, EMA teacher heads,
+  FIFO banks of teacher embeddings carried across stages;
+* stage iii: the release forwards labeled (4) and unlabeled (4) slices separately (two BN
+  batches), perturbs the mixed images with colour jitter, Gaussian blur and AdvMorph (a module
+  missing from the release), steps the EMA twice per iteration and uses Nesterov SGD; here one
+  forward of labeled + unlabeled, the loop's photometric strong view before mixing, one EMA step,
+  the loop's SGD. Its AnCo draws 512 negatives per query and averages all valid pixels into the
+  prototypes (``prototype_pixels=0`` does that here), its H_r starts with a 3x3 convolution and
+  upsamples with ``align_corners=True``;
+* the release tests the last stage-iii student (no validation); the loop reports best-on-val and
+  last (a protocol picks one).
 
 Ablations (Tables 3 and 4), config ``ablation``:
   none; ``no-rsi``: no randomly sampled images, i.e. only the query's own two views, which is
@@ -39,13 +90,15 @@ Ablations (Tables 3 and 4), config ``ablation``:
   views degenerates: a single anchor gives p = 1 and a zero loss); ``no-stage2``;
   ``no-rsi-no-stage2``; ``no-stage3`` (the stage-ii model is the result); ``no-anco`` (stage iii
   without AnCo); ``no-unsup``: stage iii with the supervised loss only -- Table 3's note says
-  L_unsup is the pseudo-label CE *together with* L_anco, so both go; ``vanilla``: BYOL stage i
-  (as no-rsi), no stage ii, then a ``finetune`` stage in place of stage iii with the supervised
-  loss only (the encoder alone cannot segment). Skipped stages are absent from ``stages()``;
-  the fractions are renormalised over the stages that run, so every variant takes the same total
-  number of gradient steps. ``student_aug`` / ``teacher_aug`` in {weak, strong} (Table 4,
-  default strong / weak); with aligned views (stages ii, iii) weak/weak gives both networks the
-  same tensor and strong/strong draws the teacher's photometric change independently.
+  L_unsup is the pseudo-label CE *together with* L_anco, so both go; ``no-pseudo-ce``: the
+  note's other reading, L_unsup = the pseudo-label CE alone, so stage iii = supervised + AnCo;
+  ``vanilla``: BYOL stage i (as no-rsi), no stage ii, then a ``finetune`` stage in place of
+  stage iii with the supervised loss only (the encoder alone cannot segment). Skipped stages are
+  absent from ``stages()``; the fractions are renormalised over the stages that run, so every
+  variant takes the same total number of gradient steps. ``student_aug`` / ``teacher_aug`` in
+  {weak, strong} (Table 4, default strong / weak); with aligned views (stages ii, iii) weak/weak
+  gives both networks the same tensor and strong/strong draws the teacher's photometric change
+  independently.
 """
 from __future__ import annotations
 
@@ -60,15 +113,29 @@ from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
 from .action_heads import ActionNet, LocalPredictor, MLPPredictor, RepresentationHead
-from .action_losses import byol_loss, distillation_kl, pseudo_label_ce, sampled_anco
+from .action_losses import (ANCO_FORMS, byol_loss, distillation_kl, pseudo_label_ce, reco_weighted_ce,
+                            sampled_anco)
+from .action_mix import MIXES, mix_masks, mix_with_next
 from .base import Method, Stage, StepOutput
+from .variant import check_variant, resolve_all
 
-ABLATIONS = ("none", "vanilla", "no-rsi", "no-stage2", "no-rsi-no-stage2", "no-stage3", "no-anco", "no-unsup")
+ABLATIONS = ("none", "vanilla", "no-rsi", "no-stage2", "no-rsi-no-stage2", "no-stage3", "no-anco", "no-unsup",
+             "no-pseudo-ce")
 AUGS = ("weak", "strong")
+PSEUDO_CE = {"masked": pseudo_label_ce, "reco": reco_weighted_ce}
+VARIANTS = {
+    "paper": {"w_anco": 1.0, "anco_key_grad": True, "anco_valid_threshold": 0.97, "resync_teacher": False,
+              "pseudo_ce": "masked", "mix": "none", "anco_form": "paper", "w_global_stage2": 0.0,
+              "stage_epochs": (100, 100, 200)},
+    "released": {"w_anco": 0.01, "anco_key_grad": False, "anco_valid_threshold": 0.7, "resync_teacher": True,
+                 "pseudo_ce": "reco", "mix": "cutmix", "anco_form": "reco", "w_global_stage2": 1.0,
+                 "stage_epochs": (30000, 30000, 30000)},
+}
 
 
 @dataclass
 class ActionConfig:
+    variant: str = "paper"  # paper | released: the defaults of the fields left at None below
     ema_momentum: float = 0.99
     tau_t: float = 0.01  # teacher temperature, Eq. 1
     tau_s: float = 0.1  # student temperature, Eq. 2
@@ -76,30 +143,44 @@ class ActionConfig:
     proj_dim: int = 512  # H^g, H^l, predictors and H_r
     local_grid: int = 8  # stage ii: regions per side of the local-embedding grid
     w_local: float = 1.0  # stage ii: weight of the local distillation term
+    w_global_stage2: float | None = None  # stage ii: weight of the global KL (paper 0, released 1)
     theta_s: float = 0.97  # stage iii: pseudo-label and hard-query confidence threshold
-    anco_valid_threshold: float = 0.97  # unlabeled pixels join AnCo above this teacher confidence
+    anco_valid_threshold: float | None = None  # unlabeled pixels join AnCo above this teacher confidence
     tau_an: float = 0.5  # AnCo temperature
     w_unsup_ce: float = 1.0
-    w_anco: float = 1.0
+    pseudo_ce: str | None = None  # masked (FixMatch) | reco (confidence-weighted, ReCo)
+    w_anco: float | None = None  # paper 1.0, released 0.01
+    anco_key_grad: bool | None = None  # gradients through AnCo's keys (prototypes, negatives)
+    anco_form: str | None = None  # paper (dot, softmax(G), fall back) | reco (cosine, softmax(cos/tau), skip)
+    mix: str | None = None  # stage iii mixing of unlabeled views: none | cutmix | classmix
+    resync_teacher: bool | None = None  # teacher <- student at the start of stage iii
+    teacher_eval: bool = False  # stage iii pseudo-labels from the teacher in eval mode
     num_queries: int = 256  # per class per mini-batch
     num_negatives: int = 512  # per class per mini-batch
     prototype_pixels: int = 512  # pixels per class averaged into r^{c,+} (0: all pixels)
-    stage_epochs: tuple[int, int, int] = (100, 100, 200)
+    stage_epochs: tuple[int, int, int] | None = None  # relative stage lengths (paper epochs / released iterations)
     paper_batch_size: int = 6  # documentation only: the loop's batch size is a run setting
     ablation: str = "none"
     student_aug: str = "strong"
     teacher_aug: str = "weak"
 
     def __post_init__(self):
+        try:
+            check_variant("action", self.variant, VARIANTS)
+        except ValueError as exc:
+            raise ConfigError(str(exc).replace("--set variant", "--set method.variant")) from None
         if self.ablation not in ABLATIONS:
             raise ConfigError(f"action: unknown ablation {self.ablation!r}; "
                               f"choose from {', '.join(ABLATIONS)}")
-        for key in ("student_aug", "teacher_aug"):
-            if getattr(self, key) not in AUGS:
-                raise ConfigError(f"action: {key}={getattr(self, key)!r}; use weak or strong")
+        choices = {"student_aug": AUGS, "teacher_aug": AUGS, "pseudo_ce": (None, *PSEUDO_CE),
+                   "anco_form": (None, *ANCO_FORMS), "mix": (None, *MIXES)}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"action: {key}={getattr(self, key)!r}; use one of "
+                                  f"{', '.join(a for a in allowed if a is not None)}")
         if self.bank_size < 1 or self.local_grid < 1:
             raise ConfigError(f"action: bank_size={self.bank_size}, local_grid={self.local_grid}; both must be >= 1")
-        if len(self.stage_epochs) != 3 or min(self.stage_epochs) <= 0:
+        if self.stage_epochs is not None and (len(self.stage_epochs) != 3 or min(self.stage_epochs) <= 0):
             raise ConfigError(f"action: stage_epochs={self.stage_epochs}; give three positive epoch counts")
 
 
@@ -133,7 +214,7 @@ class Action(Method):
     display_name = "ACTION"
 
     def __init__(self, cfg: ActionConfig, ctx):
-        super().__init__(cfg, ctx)
+        super().__init__(resolve_all(cfg, VARIANTS), ctx)  # self.cfg: every None filled in
         backbone = ctx.make_backbone()
         levels = backbone.encoder_channels[-1] + sum(backbone.decoder_channels)
         self.net = ActionNet(backbone, ctx.num_classes, cfg.proj_dim, cfg.local_grid)
@@ -154,8 +235,16 @@ class Action(Method):
         return self.cfg.ablation != "no-unsup"
 
     @property
+    def use_pseudo_ce(self) -> bool:
+        return self.cfg.ablation not in ("no-unsup", "no-pseudo-ce")
+
+    @property
     def use_anco(self) -> bool:
         return self.cfg.ablation not in ("no-anco", "no-unsup")
+
+    @property
+    def global_in_stage2(self) -> bool:
+        return self.cfg.w_global_stage2 > 0
 
     def ablation_tag(self) -> str:
         return self.cfg.ablation
@@ -182,6 +271,8 @@ class Action(Method):
         params = list(net.backbone.parameters())
         if self.stage == "ii":
             params += list(net.local_head.parameters()) + list(self.predictors["local"].parameters())
+            if self.global_in_stage2:
+                params += list(net.global_head.parameters()) + list(self.predictors["global"].parameters())
         elif self.stage == "iii" and self.use_anco:
             params += list(self.rep_head.parameters())
         return params
@@ -206,6 +297,10 @@ class Action(Method):
         if name not in names:
             raise ValueError(f"action (ablation {self.cfg.ablation}) has no stage {name!r}; stages: {names}")
         self.stage = name
+
+    def on_stage_start(self, name: str) -> None:
+        if name == "iii" and self.cfg.resync_teacher:  # the released stage iii loads the student twice
+            self.teacher.load_state_dict(self.net.state_dict())
 
     def extra_state(self) -> dict:
         return {**super().extra_state(), "global_bank": self.global_bank.state(),
@@ -267,36 +362,67 @@ class Action(Method):
     def _stage_local(self, batch):
         n_lb = batch.x_lb.shape[0]
         x_s, x_t = self._aligned_views(batch)
-        logits = self.net.backbone(torch.cat([batch.x_lb, x_s]))
+        logits, enc, _ = self.net.backbone.forward_features(torch.cat([batch.x_lb, x_s]))
         sup = supervised_loss(logits[:n_lb], batch.y_lb)
         # (B, D, g, g) -> (B, g*g, D): one query per region
         e_s = self.predictors["local"](self.net.local_head(logits[n_lb:])).flatten(2).transpose(1, 2)
         with torch.no_grad():
-            e_t = self.teacher.local_embedding(x_t).float().flatten(2).transpose(1, 2)
+            t_logits, t_enc, _ = self.teacher.backbone.forward_features(x_t)
+            e_t = self.teacher.local_head(t_logits).float().flatten(2).transpose(1, 2)
         local = self._distil(e_t, e_s, self.local_bank)
-        name = "local_kl" if self.rsi else "local_byol"
-        return StepOutput(loss=sup + self.cfg.w_local * local, unsup=local,
-                          terms={"sup": float(sup.detach()), name: float(local.detach())})
+        kind = "kl" if self.rsi else "byol"
+        unsup = self.cfg.w_local * local
+        terms = {"sup": float(sup.detach()), f"local_{kind}": float(local.detach())}
+        if self.global_in_stage2:  # released: stage ii keeps the global term (k1 = 1)
+            z_s = self.predictors["global"](self.net.global_head(enc[-1][n_lb:]))
+            z_t = self.teacher.global_head(t_enc[-1]).float().detach()
+            glob = self._distil(z_t, z_s, self.global_bank)
+            unsup = unsup + self.cfg.w_global_stage2 * glob
+            terms[f"global_{kind}"] = float(glob.detach())
+        return StepOutput(loss=sup + unsup, unsup=unsup, terms=terms)
 
     def _stage_finetune(self, batch):
         sup = supervised_loss(self.net.backbone(batch.x_lb), batch.y_lb)
         return StepOutput(loss=sup, terms={"sup": float(sup.detach())})
 
+    @torch.no_grad()
+    def teacher_probs(self, x_t: torch.Tensor) -> torch.Tensor:
+        """The teacher's softmax on its view: pseudo-labels and confidences of stage iii."""
+        if not self.cfg.teacher_eval:
+            return self.teacher.backbone(x_t).float().softmax(1)
+        was_training = self.teacher.training
+        self.teacher.eval()
+        try:
+            return self.teacher.backbone(x_t).float().softmax(1)
+        finally:
+            self.teacher.train(was_training)
+
+    def mixed(self, x_s: torch.Tensor, t_probs: torch.Tensor):
+        """(student view, teacher probabilities), both mixed with the next image by the same masks."""
+        if self.cfg.mix == "none":
+            return x_s, t_probs
+        masks = mix_masks(self.cfg.mix, t_probs.argmax(1), self.ctx.generator)
+        return mix_with_next(x_s, masks), mix_with_next(t_probs, masks)
+
     def _stage_anco(self, batch):
         cfg = self.cfg
         n_lb = batch.x_lb.shape[0]
         x_s, x_t = self._aligned_views(batch)
+        if not self.use_unsup:
+            logits = self.net.backbone(torch.cat([batch.x_lb, x_s]))
+            sup = supervised_loss(logits[:n_lb], batch.y_lb)
+            return StepOutput(loss=sup, terms={"sup": float(sup.detach())})
+        x_s, t_probs = self.mixed(x_s, self.teacher_probs(x_t))
         x = torch.cat([batch.x_lb, x_s])
         logits, enc, dec = self.net.backbone.forward_features(x)
         sup = supervised_loss(logits[:n_lb], batch.y_lb)
-        if not self.use_unsup:
-            return StepOutput(loss=sup, terms={"sup": float(sup.detach())})
-        with torch.no_grad():
-            t_probs = self.teacher.backbone(x_t).float().softmax(1)
-        ce_u, confident = pseudo_label_ce(logits[n_lb:], t_probs, cfg.theta_s)
-        unsup = cfg.w_unsup_ce * ce_u
-        terms = {"sup": float(sup.detach()), "pseudo_ce": float(ce_u.detach()),
-                 "confident": float(confident.float().mean())}
+        terms = {"sup": float(sup.detach()),
+                 "confident": float((t_probs.max(1).values > cfg.theta_s).float().mean())}
+        unsup = torch.zeros((), device=x.device)
+        if self.use_pseudo_ce:
+            ce_u, _ = PSEUDO_CE[cfg.pseudo_ce](logits[n_lb:], t_probs, cfg.theta_s)
+            unsup = unsup + cfg.w_unsup_ce * ce_u
+            terms["pseudo_ce"] = float(ce_u.detach())
         if self.use_anco:
             anco = self._anco(x, logits, [enc[-1], *dec], batch.y_lb, t_probs)
             unsup = unsup + cfg.w_anco * anco.loss
@@ -317,4 +443,4 @@ class Action(Method):
 
         return sampled_anco(embed_at, labels, valid, logits.detach().float().softmax(1), cfg.theta_s,
                             cfg.tau_an, cfg.num_queries, cfg.num_negatives, cfg.prototype_pixels,
-                            self.ctx.generator)
+                            self.ctx.generator, form=cfg.anco_form, key_grad=cfg.anco_key_grad)

@@ -17,6 +17,19 @@ softmax_{v != c}(G[c, v]) over the class-relation graph G[p, q] = r^{p,+} . r^{q
 queries are the *hard* pixels, whose predicted confidence for c is <= theta_s (Eq. 7).
 Eq. 4 sums over classes and queries; we average (per class over its queries, then over
 classes) so the scale does not depend on the number of classes or queries.
+
+Two forms of AnCo (``form``):
+* ``"paper"``, Eq. 4-6 as printed: similarities are dot products (the queries and keys are
+  unit-norm pixel embeddings, the positive key r^{c,+} is their plain mean, so |r^{c,+}| < 1),
+  G = softmax over dot products of the means, and a class without hard pixels takes its
+  queries from all its pixels.
+* ``"reco"``, the released ACTION code and ReCo (Liu et al., ICLR 2022, whose loss AnCo is):
+  cosine similarities (the mean key is renormalised), negative classes drawn by
+  softmax(cos(r^{c,+}, r^{v,+}) / tau_an), a class without hard pixels contributes no queries
+  (it still serves as a negative class), and the class sum is divided by the number of
+  classes present in the batch, skipped ones included.
+Independently, ``key_grad`` says whether the keys (the mean and the negatives) carry gradients:
+the paper is silent, the released code and ReCo build them without gradient.
 """
 from __future__ import annotations
 
@@ -59,7 +72,27 @@ def pseudo_label_ce(student_logits: torch.Tensor, teacher_probs: torch.Tensor,
     return (ce * mask).sum() / mask.numel(), mask
 
 
+def reco_weighted_ce(student_logits: torch.Tensor, teacher_probs: torch.Tensor,
+                     theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy to the teacher's argmax on *every* pixel, each image weighted by its
+    fraction of pixels with teacher confidence >= theta, averaged over the pixels whose
+    (unweighted) CE is > 0: ReCo's ``compute_unsupervised_loss``, which ACTION's released stage
+    iii calls. An image without confident pixels has weight 0 but its pixels still count in the
+    mean. Returns (loss, mask of confident pixels)."""
+    conf, pseudo = teacher_probs.detach().max(dim=1)
+    mask = conf >= theta
+    weight = mask.flatten(1).float().mean(1)  # (B,): every pixel is valid here (no ignore label)
+    ce = F.cross_entropy(student_logits.float(), pseudo, reduction="none")
+    positive = ce > 0
+    if not bool(positive.any()):  # a student that matches every pseudo-label exactly: nothing to learn
+        return ce.sum() * 0.0, mask  # (ReCo's mean over an empty selection would be NaN)
+    return (ce * weight[:, None, None])[positive].mean(), mask
+
+
 # -- stage iii: AnCo and its active sampling -----------------------------------------------------
+ANCO_FORMS = ("paper", "reco")
+
+
 def hard_query_mask(probs: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
                     theta: float) -> torch.Tensor:
     """Eq. 7: valid pixels whose predicted probability of their own (pseudo-)label is <= theta."""
@@ -67,36 +100,44 @@ def hard_query_mask(probs: torch.Tensor, labels: torch.Tensor, valid: torch.Tens
     return valid & (conf <= theta)
 
 
-def class_relation_graph(prototypes: torch.Tensor) -> torch.Tensor:
-    """Eq. 6: G[p, q] = r^{p,+} . r^{q,+} for the (n_classes, D) class-mean embeddings."""
+def class_relation_graph(prototypes: torch.Tensor, cosine: bool = False) -> torch.Tensor:
+    """Eq. 6: G[p, q] = r^{p,+} . r^{q,+} for the (n_classes, D) class-mean embeddings
+    (``cosine``: of the renormalised means, as the released code and ReCo)."""
+    if cosine:
+        prototypes = F.normalize(prototypes, dim=1)
     return prototypes @ prototypes.T
 
 
-def negative_class_distribution(graph: torch.Tensor, c: int) -> torch.Tensor:
-    """exp(G[c, v]) / sum_{n != c} exp(G[c, n]) for v != c, and 0 for v = c."""
-    logits = graph[c].detach().float().clone()
+def negative_class_distribution(graph: torch.Tensor, c: int, temperature: float = 1.0) -> torch.Tensor:
+    """exp(G[c, v] / T) / sum_{n != c} exp(G[c, n] / T) for v != c, and 0 for v = c
+    (T = 1 in the paper's Eq. 6; the released code and ReCo use T = tau_an)."""
+    logits = graph[c].detach().float().clone() / temperature
     logits[c] = float("-inf")
     return torch.softmax(logits, dim=0)
 
 
-def sample_negative_classes(graph: torch.Tensor, c: int, n: int,
-                            generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_negative_classes(graph: torch.Tensor, c: int, n: int, generator: torch.Generator | None = None,
+                            temperature: float = 1.0) -> torch.Tensor:
     """``n`` class indices (rows of ``graph``), drawn i.i.d. from ``negative_class_distribution``."""
-    probs = negative_class_distribution(graph, c).cpu()
+    probs = negative_class_distribution(graph, c, temperature).cpu()
     return torch.multinomial(probs, n, replacement=True, generator=generator)
 
 
 def anco_loss(queries: list[torch.Tensor], positives: torch.Tensor, negatives: list[torch.Tensor],
-              tau: float) -> torch.Tensor:
+              tau: float, cosine: bool = False, n_classes: int | None = None) -> torch.Tensor:
     """Eq. 4 for sampled queries/keys: -log e^{q.k+/tau} / (e^{q.k+/tau} + sum_k- e^{q.k-/tau}).
 
     ``queries[i]`` (Q_i, D) and ``negatives[i]`` (K_i, D) belong to class i, ``positives[i]``
-    (D,) is its class-mean key. Mean over each class's queries, then over classes."""
+    (D,) is its class-mean key. Mean over each class's queries, then summed over classes and
+    divided by ``n_classes`` (default: the number of classes given, i.e. their mean).
+    ``cosine``: cosine similarities instead of dot products (every vector renormalised)."""
+    unit = (lambda v: F.normalize(v, dim=-1)) if cosine else (lambda v: v)  # noqa: E731
     per_class = []
     for q, pos, neg in zip(queries, positives, negatives):
-        logits = torch.cat([(q @ pos).unsqueeze(1), q @ neg.T], dim=1) / tau
+        q = unit(q)
+        logits = torch.cat([(q @ unit(pos)).unsqueeze(1), q @ unit(neg).T], dim=1) / tau
         per_class.append(-torch.log_softmax(logits.float(), dim=1)[:, 0].mean())
-    return torch.stack(per_class).mean()
+    return torch.stack(per_class).sum() / (n_classes or len(per_class))
 
 
 @dataclass
@@ -127,7 +168,8 @@ def _subset(values: torch.Tensor, n: int, generator) -> torch.Tensor:
 def sampled_anco(embed_at: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor,
                  valid: torch.Tensor, probs: torch.Tensor, theta: float, tau: float,
                  num_queries: int = 256, num_negatives: int = 512, prototype_pixels: int = 512,
-                 generator: torch.Generator | None = None) -> AncoSample:
+                 generator: torch.Generator | None = None, form: str = "paper",
+                 key_grad: bool = True) -> AncoSample:
     """AnCo with active sampling. Only pixel *indices* are chosen without gradient; embeddings
     (``embed_at(flat_index) -> (N, D)``) are computed for the chosen pixels only, so memory is
     O(classes x (queries + key pool)), never O((H W)^2) nor O(H W D).
@@ -135,14 +177,19 @@ def sampled_anco(embed_at: Callable[[torch.Tensor], torch.Tensor], labels: torch
     labels (B, H, W) labels / pseudo-labels; valid (B, H, W) pixels that take part; probs
     (B, C, H, W) predicted probabilities (Eq. 7's confidence).
 
-    Per class c: ``num_queries`` hard queries (all pixels of c if none is hard), drawn with
-    replacement; a pool of ``prototype_pixels`` pixels of c drawn without replacement (all of
+    Per class c: ``num_queries`` hard queries, drawn with replacement (a class without hard
+    pixels: all its pixels in the ``"paper"`` form, no queries in the ``"reco"`` form, see the
+    module doc); a pool of ``prototype_pixels`` pixels of c drawn without replacement (all of
     them if fewer, or if ``prototype_pixels <= 0``): its mean is the positive key r^{c,+}
     (a Monte-Carlo estimate of Eq. 5's mean, exact when the pool holds the whole class) and
     negatives for the other classes are uniform draws from it; ``num_negatives`` negative keys,
     each from a class drawn by softmax(G[c, .]), shared by the queries of c (each query's loss
     has the same expectation as with per-query negative sets, at 1/num_queries of the memory).
+    ``key_grad=False`` embeds the key pool without gradient, so only the queries are trained.
     """
+    if form not in ANCO_FORMS:
+        raise ValueError(f"AnCo form {form!r}; choose one of {', '.join(ANCO_FORMS)}")
+    reco = form == "reco"
     device = labels.device
     lab, val = labels.reshape(-1), valid.reshape(-1)
     with torch.no_grad():
@@ -155,26 +202,37 @@ def sampled_anco(embed_at: Callable[[torch.Tensor], torch.Tensor], labels: torch
             members = torch.nonzero(val & (lab == c)).squeeze(1)
             hard_c = torch.nonzero(hard & (lab == c)).squeeze(1)
             pools.append(_subset(members, prototype_pixels, generator))
-            queries.append(_draw(hard_c if len(hard_c) else members, num_queries, generator))
+            source = hard_c if len(hard_c) or reco else members
+            queries.append(_draw(source, num_queries, generator) if len(source) else source)
         sizes = [len(p) for p in pools]
-        pool_flat = torch.cat(pools)
+        pool_flat, query_flat = torch.cat(pools), torch.cat(queries)
 
-    emb = embed_at(torch.cat([pool_flat] + queries))
-    pool_emb, query_emb = emb[:len(pool_flat)], emb[len(pool_flat):]
+    if key_grad:  # one pass: keys and queries both carry gradients
+        emb = embed_at(torch.cat([pool_flat, query_flat]))
+        pool_emb, query_emb = emb[:len(pool_flat)], emb[len(pool_flat):]
+    else:  # keys as constants (released code, ReCo)
+        with torch.no_grad():
+            pool_emb = embed_at(pool_flat)
+        query_emb = embed_at(query_flat) if len(query_flat) else pool_emb[:0]
     prototypes = torch.stack([e.mean(0) for e in pool_emb.split(sizes)])
 
+    active = [i for i, q in enumerate(queries) if len(q)]
     with torch.no_grad():
-        graph = class_relation_graph(prototypes.detach())
+        graph = class_relation_graph(prototypes.detach(), cosine=reco)
         offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
         size_t = torch.tensor(sizes)
-        neg_rows = []
-        for i in range(len(classes)):
-            k = sample_negative_classes(graph, i, num_negatives, generator)
+        neg_rows = [torch.zeros(0, dtype=torch.long, device=device) for _ in classes]
+        for i in active:
+            k = sample_negative_classes(graph, i, num_negatives, generator, temperature=tau if reco else 1.0)
             within = (torch.rand(num_negatives, generator=generator) * size_t[k]).long()
-            neg_rows.append((offsets[k] + within.minimum(size_t[k] - 1)).to(device))
+            neg_rows[i] = (offsets[k] + within.minimum(size_t[k] - 1)).to(device)
 
-    loss = anco_loss(list(query_emb.split(num_queries)), prototypes,
-                     [pool_emb[r] for r in neg_rows], tau)
-    return AncoSample(loss=loss, classes=classes, query_index=queries,
-                      negative_index=[pool_flat[r] for r in neg_rows], prototypes=prototypes,
-                      n_hard=int(hard.sum()))
+    sample = AncoSample(loss=torch.zeros((), device=device), classes=classes, query_index=queries,
+                        negative_index=[pool_flat[r] for r in neg_rows], prototypes=prototypes,
+                        n_hard=int(hard.sum()))
+    if active:  # the "reco" form has no query when every pixel is easy
+        q_emb = query_emb.split([len(q) for q in queries])
+        sample.loss = anco_loss([q_emb[i] for i in active], prototypes[active],
+                                [pool_emb[neg_rows[i]] for i in active], tau, cosine=reco,
+                                n_classes=len(classes))
+    return sample

@@ -162,6 +162,11 @@ class Method:
         """Called by the loop when a stage starts (also when resuming into it)."""
         self.stage = name
 
+    def on_stage_start(self, name: str) -> None:
+        """Called by the loop once per stage, at its step 0, *after* any checkpoint was loaded:
+        the place for one-off work at a stage boundary (ACTION's released form re-copies its
+        teacher here). Never called when a run resumes in the middle of a stage."""
+
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         raise NotImplementedError
 

@@ -18,15 +18,26 @@ the authors' code). ``paste(background, foreground, M) = background * M + foregr
 
 The teacher is initialised from the pre-trained student: during ``pretrain`` it follows the
 student with momentum 0 (a copy after every step), so it equals the pre-trained student when
-self-training starts, also after a resume, with no special stage hook. The stage split follows
-the authors' ACDC schedule (10k pre-training + 30k self-training iterations).
+self-training starts, also after a resume, with no special stage hook.
+
+Schedule. ``pretrain_fraction`` (default 0.25) splits the loop's budget; each stage gets the
+loop's lr schedule (poly by default). The authors' ACDC code (DeepMed-Lab-ECNU/BCP,
+``code/ACDC_BCP_train.py``) differs, and its stage lengths changed between versions:
+* versions up to commit b8e4c79 (May 2023, the code public at CVPR 2023): ``pre_train`` loops to
+  ``--max_iterations`` (30k) and ``--pre_iterations`` is never read: 30k + 30k, i.e.
+  ``pretrain_fraction=0.5``;
+* since commit b62b10b (July 2023): ``pre_train`` runs ``--pre_iterations`` (10k), 10k + 30k,
+  i.e. ``pretrain_fraction=0.25``;
+* in both, neither stage decays the lr (constant 0.01: the loop's ``poly_power=0``), and
+  self-training starts from the *best-on-validation* pre-trained checkpoint (student, its SGD
+  state, and the teacher). Not implemented here: the loop has one budget and hands the *last*
+  pre-trained weights to self-training (a new SGD state per stage).
 
 Details the paper leaves open, taken from the authors' code: the box position is uniform, the
-region losses are each averaged over their own pixels (CE) or computed on masked sums (Dice),
-the teacher is not the best-validation pre-trained model but the last one (the loop has one
-budget). ``variant="lcc"``: the authors' ACDC code keeps, per slice and foreground class, only
-the largest connected component (8-connectivity) of the teacher's pseudo-label; the paper does
-not describe this step, so the default ``"paper"`` uses the plain argmax.
+region losses are each averaged over their own pixels (CE) or computed on masked sums (Dice).
+``variant="lcc"``: the authors' ACDC code keeps, per slice and foreground class, only the
+largest connected component (8-connectivity) of the teacher's pseudo-label; the paper does not
+describe this step, so the default ``"paper"`` uses the plain argmax.
 """
 from __future__ import annotations
 

@@ -19,7 +19,9 @@ where ||.||^2 sums over classes and sum_v runs over the pixels of one image (the
 images). ``variant="ssl4mis"`` is the widely used SSL4MIS code: it computes the KL the other way
 round, KL(p_c || p_s) (``KLDivLoss(log p_s, p_c)``), averages the squared difference over classes
 instead of summing it, and normalises by the weights' mean over the whole batch; its heads are
-3x3 convolutions, upsampled with nearest neighbours, with element-wise dropout p = 0.3. The
+3x3 convolutions, upsampled with nearest neighbours. Both variants use element-wise dropout
+p = 0.5 on the deepest auxiliary level (SSL4MIS's ``Decoder_URPC`` calls ``Dropout(x, p=0.5)``
+explicitly; the p = 0.3 default of its ``Dropout`` helper is what its CCT decoders use). The
 weight of the unlabeled term is 0.1 with a sigmoid ramp-up over the budget (both).
 """
 from __future__ import annotations
@@ -39,7 +41,7 @@ from .variant import check_variant, resolved
 
 VARIANTS = {
     "paper": {"head_kernel": 1, "upsample_mode": "bilinear", "dropout_rate": 0.5},
-    "ssl4mis": {"head_kernel": 3, "upsample_mode": "nearest", "dropout_rate": 0.3},
+    "ssl4mis": {"head_kernel": 3, "upsample_mode": "nearest", "dropout_rate": 0.5},
 }
 HEAD_PERTURBATIONS = ("dropout", "feature_drop", "feature_noise")  # deep to shallow
 
@@ -49,7 +51,7 @@ class URPCConfig:
     variant: str = "paper"
     consistency: float = 0.1
     rampup: float = 1.0  # fraction of the budget
-    # None: the variant's value (paper: 1x1 heads, bilinear, dropout 0.5; ssl4mis: 3x3, nearest, 0.3)
+    # None: the variant's value (paper: 1x1 heads, bilinear; ssl4mis: 3x3, nearest; both dropout 0.5)
     head_kernel: int | None = None
     upsample_mode: str | None = None
     dropout_rate: float | None = None

@@ -3,6 +3,8 @@ left at ``None`` take that variant's published value (so ``--set variant=ssl4mis
 reproduces the community code, and an explicit ``--set`` still wins)."""
 from __future__ import annotations
 
+import dataclasses
+
 
 def check_variant(method: str, variant: str, choices) -> None:
     if variant not in choices:
@@ -14,3 +16,9 @@ def resolved(cfg, field: str, table: dict):
     """``cfg.<field>``, or the value ``table[cfg.variant][field]`` when the field is None."""
     value = getattr(cfg, field)
     return table[cfg.variant][field] if value is None else value
+
+
+def resolve_all(cfg, table: dict):
+    """A copy of ``cfg`` with every field of ``table[cfg.variant]`` that is None set to the
+    variant's value (fields given explicitly keep theirs)."""
+    return dataclasses.replace(cfg, **{k: resolved(cfg, k, table) for k in table[cfg.variant]})

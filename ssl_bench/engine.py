@@ -286,6 +286,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
         "method": spec.method, "dataset": spec.dataset, "setting": spec.setting,
         "seed": str(spec.seed), "split_seed": str(spec.split_seed), "split": run.resolved["split_name"],
         "ablation": method.ablation_tag(), "run_dir": str(run_dir),
+        "variant": str(getattr(run.method_cfg, "variant", "") or ""),
         "git_commit": tracking.git_commit(), "status": "running",
         "protocol": spec.protocol, "protocol_version": str(run.resolved["protocol_version"]),
         "report_checkpoint": cfg.report_checkpoint,
@@ -345,6 +346,8 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
                     ctx.generator.set_state(resume["rng"]["method"])
                 method.load_extra_state(resume.get("method_state", {}))
                 resume = None
+            if start == 0:  # after the resume block: a stage-start hook sees the loaded weights
+                method.on_stage_start(stage.name)
             final_stage = si == len(stages) - 1
             method.train(True)
             bar = _progress(progress, console, f"{spec.method} [{stage.name}]", n_it, start)

@@ -131,14 +131,14 @@ FIELD = Protocol(
         "unet-f": Recipe({"supervised_whole_batch": "true"}, source=SSL4MIS),
         "mt": Recipe({**SSL4MIS_RAMP, "rampup.delay": "0.0333", "method.variant": "ssl4mis"}, source=SSL4MIS),
         "uamt": _ssl4mis(variant="ln2"),
-        "em": _ssl4mis(),
+        "em": _ssl4mis(variant="ssl4mis"),
         "cct": _ssl4mis(variant="ssl4mis"),
         "dan": _ssl4mis(),
         "urpc": _ssl4mis(variant="ssl4mis"),
         "dct": _ssl4mis(variant="rotation"),
         "ict": _ssl4mis(variant="ssl4mis"),
         "cps": _ssl4mis(variant="ssl4mis"),
-        "action": Recipe({"labeled_bs": "4", "unlabeled_bs": "4"}, budget_scale=3.0, checkpoint="last",
+        "action": Recipe({"method.variant": "released", "labeled_bs": "4", "unlabeled_bs": "4"}, budget_scale=3.0, checkpoint="last",
                          source="ACTION release (charlesyou999648/ACTION code/train_2D.sh): 30k iterations per "
                                 "stage, stage iii at 4 + 4 slices (stages i/ii ran 3 + 3), no validation: the "
                                 "last stage-iii student is tested"),

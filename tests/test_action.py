@@ -285,7 +285,7 @@ def test_stage_iii_terms_and_hard_query_counts():
 # -- ablations ------------------------------------------------------------------------------------
 STAGES = {"none": ["i", "ii", "iii"], "vanilla": ["i", "finetune"], "no-rsi": ["i", "ii", "iii"],
           "no-stage2": ["i", "iii"], "no-rsi-no-stage2": ["i", "iii"], "no-stage3": ["i", "ii"],
-          "no-anco": ["i", "ii", "iii"], "no-unsup": ["i", "ii", "iii"]}
+          "no-anco": ["i", "ii", "iii"], "no-unsup": ["i", "ii", "iii"], "no-pseudo-ce": ["i", "ii", "iii"]}
 
 
 @pytest.mark.parametrize("ablation", sorted(STAGES))
@@ -330,6 +330,13 @@ def test_no_unsup_keeps_only_the_supervised_loss():
     _, out = _step_terms("no-unsup", "iii")
     assert out.unsup is None and set(out.terms) == {"sup"}
     assert float(out.loss) == pytest.approx(out.terms["sup"])
+
+
+def test_no_pseudo_ce_keeps_supervised_and_anco():
+    method, out = _step_terms("no-pseudo-ce", "iii")
+    assert "pseudo_ce" not in out.terms and out.terms["anco"] > 0
+    assert float(out.loss) == pytest.approx(out.terms["sup"] + out.terms["anco"], rel=1e-5)  # w_anco 1 (paper)
+    assert {id(p) for p in method.rep_head.parameters()} <= {id(p) for p in method.trainable_parameters()}
 
 
 def test_full_stage_iii_loss_is_the_sum_of_its_terms():

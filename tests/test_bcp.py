@@ -132,3 +132,15 @@ def test_lcc_variant_contract_and_bad_input():
         method.training_step(batch, 0)
     assert paste(torch.ones(1, 2, 2), torch.zeros(1, 2, 2), torch.tensor([[1.0, 0.0], [0.0, 1.0]])).tolist() == \
         [[[1.0, 0.0], [0.0, 1.0]]]
+
+
+def test_authors_schedule_settings_split_and_hold_the_lr():
+    """The authors' ACDC code as published at CVPR 2023: 30k pre-training + 30k self-training, constant lr
+    (``pretrain_fraction=0.5`` and the loop's ``poly_power=0``; its code since July 2023: 10k + 30k = 0.25)."""
+    from ssl_bench.engine import stage_iterations
+    from ssl_bench.schedules import poly_lr
+
+    method, _ = tiny_setup("bcp", {"pretrain_fraction": "0.5"})
+    assert stage_iterations(method.stages(), 60_000) == [30_000, 30_000]
+    assert stage_iterations(tiny_setup("bcp")[0].stages(), 40_000) == [10_000, 30_000]
+    assert {poly_lr(0.01, step, 30_000, 0.0) for step in (0, 15_000, 29_999)} == {0.01}

@@ -1,6 +1,7 @@
 """EM: the normalised-entropy loss against hand values, and that its gradient lowers the entropy."""
 import math
 
+import pytest
 import torch
 
 from ssl_bench.methods.em import entropy_loss
@@ -37,3 +38,24 @@ def test_unlabeled_gradient_step_lowers_entropy():
                 p.add_(g, alpha=-0.5)
     after = float(entropy_loss(method.student(batch.x_ulb)))
     assert after < before
+
+
+def test_ssl4mis_variant_takes_the_entropy_of_the_whole_batch():
+    """SSL4MIS's train_entropy_minimization_2D.py: entropy_loss(outputs_soft) over labeled + unlabeled."""
+    # a fixed network: confident logits (10, 0, 0, 0) on the 2 labeled slices, uniform on the 2 unlabeled
+    fixed = torch.zeros(4, 4, 32, 32)
+    fixed[:2, 0] = 10.0
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            assert len(x) == 4
+            return fixed
+
+    p = [math.exp(10) / (math.exp(10) + 3)] + [1 / (math.exp(10) + 3)] * 3
+    h_lb = -sum(q * math.log(q) for q in p) / math.log(4)
+    for variant, expected in (("paper", 1.0), ("ssl4mis", (h_lb + 1.0) / 2)):
+        method, batch = tiny_setup("em", {"variant": variant})
+        method.student = Fixed()
+        assert method.training_step(batch, 5).terms["entropy"] == pytest.approx(expected, rel=1e-5), variant
+    with pytest.raises(ValueError, match="em: unknown variant 'all'"):
+        tiny_setup("em", {"variant": "all"})

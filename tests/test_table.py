@@ -272,3 +272,22 @@ def test_published_rows_need_field_runs(store):
     assert [b.label for b in t.blocks] == [None] and warnings
     t = tbl.main_tables(runs(store, dataset="acdc"), "best", with_published=True)[0]
     assert [b.label for b in t.blocks] == [None, tbl.PUBLISHED_LABEL]
+
+
+def test_variants_of_one_method_get_their_own_rows():
+    base = {"dataset": "acdc", "setting": "3 labeled", "split_seed": "0", "protocol": "field",
+            "protocol_version": "1", "test/best/dice/mean": 0.5, "test/last/dice/mean": 0.4}
+    df = pd.DataFrame([
+        {**base, "method": "action", "variant": "released", "seed": "0", "end_time": 1},
+        {**base, "method": "action", "variant": "released", "seed": "1", "end_time": 2},
+        {**base, "method": "action", "variant": "paper", "seed": "0", "end_time": 3, "test/best/dice/mean": 0.7},
+        {**base, "method": "mt", "variant": "ssl4mis", "seed": "0", "end_time": 4},
+    ])
+    kept = tbl.select_runs(df)
+    assert sorted(kept["method"]) == ["action:paper", "action:released", "action:released", "mt"]
+    t = tbl.main_tables(kept, "best")[0]
+    labels = [label for label, _ in t.blocks[0].rows]
+    assert labels == ["MT", "ACTION (paper)", "ACTION (released)"]
+    assert t.blocks[0].rows[1][1][0][0][0] == "70.0" and t.blocks[0].rows[2][1][0][0][0] == "50.0±0.0"
+    abl = tbl.ablation_tables(kept, "best")
+    assert len(abl) == 4 and "ACTION (paper)" in abl[0].title

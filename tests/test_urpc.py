@@ -66,3 +66,17 @@ def test_pyramid_scales_heads_and_predictor():
     assert [h.kernel_size for h in ssl.heads] == [(3, 3)] * 3 and ssl.upsample_mode == "nearest"
     explicit, _ = tiny_setup("urpc", {"variant": "ssl4mis", "head_kernel": "1"})
     assert [h.kernel_size for h in explicit.heads] == [(1, 1)] * 3
+
+
+def test_deepest_head_dropout_is_half_in_both_variants():
+    """SSL4MIS's Decoder_URPC calls Dropout(x, p=0.5) on the deepest auxiliary level, as the paper form."""
+    ones = torch.ones(200, 100)
+    for overrides in ({}, {"variant": "ssl4mis"}):
+        method, _ = tiny_setup("urpc", overrides)
+        assert method.dropout_rate == 0.5
+        dropped = method._perturb("dropout", ones)
+        zero_fraction = float((dropped == 0).float().mean())
+        assert abs(zero_fraction - 0.5) < 0.02  # 20 000 Bernoulli draws: std 0.0035
+        assert torch.allclose(dropped[dropped != 0], torch.tensor(2.0))  # survivors scaled by 1 / (1 - p)
+    explicit, _ = tiny_setup("urpc", {"variant": "ssl4mis", "dropout_rate": "0.3"})
+    assert explicit.dropout_rate == 0.3

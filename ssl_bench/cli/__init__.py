@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from ssl_bench.cli import bench, data, listing, protocols, results, run, sweep, table, ui
+from ssl_bench.cli import bench, data, listing, protocols, reproduce, results, run, sweep, table, ui
 from ssl_bench.cli.common import console, fail, user_errors  # noqa: F401  (re-exported)
 
 app = typer.Typer(help="ssl-bench: reproducible benchmark of semi-supervised medical image segmentation.",
@@ -22,6 +22,7 @@ app.command("table")(table.table_command)
 app.command("methods")(listing.methods)
 app.command("datasets")(listing.datasets)
 app.command("protocols")(protocols.protocols)
+app.command("reproduce")(reproduce.reproduce)
 app.command("ui")(ui.ui)
 app.add_typer(data.data_app, name="data", help="prepare and inspect datasets")
 app.add_typer(bench.bench_app, name="bench", help="speed and memory benchmarks (written to results/)")

@@ -6,8 +6,8 @@ import pandas as pd
 from .main import cell_record, method_checkpoints
 from .model import (ASD_DIGITS, DICE_DIGITS, Block, Stat, Table, best_flags, footnote,
                     measured_cell, protocol_line, published_cell)
-from .runs import (ABLATION_METHOD, ABLATIONS, AUGMENTS, DEFAULT_AUGMENT, PAPER, REPORTED, column_values,
-                   read_reference, reference_name, setting_order)
+from .runs import (ABLATION_METHOD, ABLATIONS, AUGMENTS, DEFAULT_AUGMENT, PAPER, REPORTED, base_method,
+                   column_values, display_name, read_reference, reference_name, setting_order)
 
 
 def ablation_tables(runs: pd.DataFrame, checkpoint: str = REPORTED) -> list[Table]:
@@ -16,11 +16,12 @@ def ablation_tables(runs: pd.DataFrame, checkpoint: str = REPORTED) -> list[Tabl
     produced them (``field``)."""
     from ssl_bench.protocols import PROTOCOLS
 
-    runs = runs[runs["method"] == ABLATION_METHOD] if len(runs) else runs
+    runs = runs[runs["method"].map(base_method) == ABLATION_METHOD] if len(runs) else runs
     ref = read_reference("action_paper_ablations.csv")
     tables = []
-    for (dataset, setting, ptag), d in sorted(runs.groupby(["dataset", "setting", "protocol_tag"]),
-                                              key=lambda kv: (kv[0][0], setting_order(kv[0][1]), kv[0][2])):
+    groups = runs.groupby(["dataset", "setting", "protocol_tag", "method"])
+    for (dataset, setting, ptag, method), d in sorted(groups, key=lambda kv: (kv[0][0], setting_order(kv[0][1]),
+                                                                             kv[0][2], kv[0][3])):
         where = f"{dataset}, {setting}"
         note = []
         if (reference_name(dataset, read_reference("action_paper_main_tables.csv")) != "acdc"
@@ -32,11 +33,12 @@ def ablation_tables(runs: pd.DataFrame, checkpoint: str = REPORTED) -> list[Tabl
         if not len(use_ref):
             note.append(f"Published column left empty: the paper's figures come from the authors' released "
                         f"configuration (protocol field), these runs are protocol {ptag}.")
-        ckpt = method_checkpoints(d, checkpoint)[ABLATION_METHOD]
+        ckpt = method_checkpoints(d, checkpoint)[method]
+        variant = f" {display_name(method)}" if method != ABLATION_METHOD else ""
         for make in (_table3, _table4):
             t = make(d, use_ref, ckpt, dataset, setting, note)
             t.protocol = ptag
-            t.title = t.title.replace(f", {setting} (", f", {setting}, protocol {ptag} (")
+            t.title = t.title.replace(f", {setting} (", f", {setting}, protocol {ptag}{variant} (")
             t.footnote[0] = protocol_line(ptag)
             tables.append(t)
     return tables

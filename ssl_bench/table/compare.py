@@ -42,28 +42,29 @@ def comparison_tables(runs: pd.DataFrame, checkpoint: str = "reported") -> list[
         found = sorted({c.split("/")[-1] for c in d.columns if c.startswith("test/") and "/dice/" in c})
         classes = ["mean", *class_order(dataset, found)]
         settings = sorted(d["setting"].unique(), key=setting_order)
-        cols = [(s, c) for s in settings for c in classes]
         for metric, (label, scale, digits, ref_col) in METRICS.items():
             t = Table(title=f"{dataset}, protocol {ptag}: measured / published / Δ, {label}",
-                      row_header="Method", columns=["Average" if c == "mean" else c for _, c in cols],
-                      groups=[(s, len(classes)) for s in settings], protocol=ptag)
+                      row_header="Method, setting", columns=["Average" if c == "mean" else c for c in classes],
+                      protocol=ptag)
             block = Block(None)
             for m in sorted(d["method"].unique(), key=lambda m: method_order(display_name(m))):
-                r, ck, cells = d[d["method"] == m], per_method[m], []
-                for s, c in cols:
-                    stat = Stat.of(column_values(r[r["setting"] == s], f"test/{ck}/{metric}/{c}"), scale)
-                    hit = ref[(ref["method"] == display_name(m)) & (ref["setting"] == s)
-                              & (ref["class"].str.lower() == c.lower())]
-                    pub = hit[ref_col].iloc[0] if len(hit) else None
-                    cells.append([(delta_text(stat, pub, digits), False)])
-                    t.records.append({"dataset": dataset, "protocol": ptag, "setting": s, "method": m,
-                                      "class": c, "metric": metric, "checkpoint": ck,
-                                      "measured_mean": stat.mean if stat else math.nan,
-                                      "measured_std": stat.std if stat else math.nan,
-                                      "n": stat.n if stat else 0,
-                                      "published": float(pub) if pub else math.nan,
-                                      "delta": stat.mean - float(pub) if stat and pub else math.nan})
-                block.rows.append((display_name(m), cells))
+                r, ck = d[d["method"] == m], per_method[m]
+                for s in settings:
+                    cells = []
+                    for c in classes:
+                        stat = Stat.of(column_values(r[r["setting"] == s], f"test/{ck}/{metric}/{c}"), scale)
+                        hit = ref[(ref["method"] == display_name(m)) & (ref["setting"] == s)
+                                  & (ref["class"].str.lower() == c.lower())]
+                        pub = hit[ref_col].iloc[0] if len(hit) else None
+                        cells.append([(delta_text(stat, pub, digits), False)])
+                        t.records.append({"dataset": dataset, "protocol": ptag, "setting": s, "method": m,
+                                          "class": c, "metric": metric, "checkpoint": ck,
+                                          "measured_mean": stat.mean if stat else math.nan,
+                                          "measured_std": stat.std if stat else math.nan,
+                                          "n": stat.n if stat else 0,
+                                          "published": float(pub) if pub else math.nan,
+                                          "delta": stat.mean - float(pub) if stat and pub else math.nan})
+                    block.rows.append((f"{display_name(m)}, {s}", cells))
             t.blocks.append(block)
             if name is None:
                 t.notes.append(f"No published figures for {dataset!r}.")

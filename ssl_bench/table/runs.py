@@ -75,7 +75,7 @@ def load_runs(tracking_uri: str, status: str = "finished") -> pd.DataFrame:
 #: tag columns every run table has, with the value of a run that lacks the tag (runs made before
 #: protocols existed were trained exactly as protocol paper v1 trains)
 TAG_DEFAULTS = {"method": "", "dataset": "", "setting": "", "seed": "", "split_seed": "", "ablation": "none",
-                "augment": "", "protocol": "paper", "protocol_version": "1", "report_checkpoint": "best"}
+                "augment": "", "protocol": "paper", "protocol_version": "1", "report_checkpoint": "best", "variant": ""}
 
 
 def normalise_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -107,19 +107,33 @@ def select_runs(df: pd.DataFrame, dataset: str | None = None, methods: Sequence[
     if protocol:
         df = df[(df["protocol"] == protocol) | (df["protocol_tag"] == protocol)]
     df.loc[(df["method"] == ABLATION_METHOD) & (df["augment"] == ""), "augment"] = DEFAULT_AUGMENT
-    keys = ["protocol_tag", "method", "dataset", "setting", "ablation", "augment", "seed", "split_seed"]
-    return df.sort_values("end_time").groupby(keys, sort=False).tail(1)
+    keys = ["protocol_tag", "method", "variant", "dataset", "setting", "ablation", "augment", "seed", "split_seed"]
+    df = df.sort_values("end_time").groupby(keys, sort=False).tail(1).copy()
+    # a method run in several variants under one protocol gets one row per variant: "action:paper"
+    n_variants = df.groupby(["dataset", "protocol_tag", "method"])["variant"].transform("nunique")
+    several = n_variants > 1
+    df.loc[several, "method"] = df.loc[several, "method"] + ":" + df.loc[several, "variant"].replace("", "untagged")
+    return df
 
 
 def is_main_variant(row: pd.Series) -> bool:
     """Runs of the main tables: no ablation, and ACTION with its default augmentation."""
     if row["ablation"] not in ("none", ""):
         return False
-    return row["method"] != ABLATION_METHOD or row["augment"] in ("", DEFAULT_AUGMENT)
+    return base_method(row["method"]) != ABLATION_METHOD or row["augment"] in ("", DEFAULT_AUGMENT)
+
+
+def base_method(method: str) -> str:
+    """``action`` of a per-variant row key ``action:paper``."""
+    return method.partition(":")[0]
 
 
 def display_name(method: str) -> str:
-    """The method class's own ``display_name``, else the paper's spelling, else the name."""
+    """The method class's own ``display_name``, else the paper's spelling, else the name;
+    ``method:variant`` (several variants in one table) reads "ACTION (paper)"."""
+    if ":" in method:
+        base, _, variant = method.partition(":")
+        return f"{display_name(base)} ({variant})"
     try:
         from ssl_bench.registry import get_method_class
 
@@ -132,7 +146,9 @@ def display_name(method: str) -> str:
 
 
 def method_order(display: str) -> tuple:
-    return (0, PAPER_ORDER.index(display), "") if display in PAPER_ORDER else (1, 0, display.lower())
+    """The paper's order; variants ("ACTION (paper)") right after their method, by name."""
+    base, _, variant = display.partition(" (")
+    return (0, PAPER_ORDER.index(base), variant) if base in PAPER_ORDER else (1, 0, display.lower())
 
 
 def setting_order(setting: str) -> tuple:

@@ -1,0 +1,110 @@
+"""``ssl-bench reproduce table1|table2|table3|table4``: the grid behind a table of the paper, run
+through the sweep runner, then the measured table beside the published one (``ssl_bench.reproduce``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ssl_bench.cli.common import console, fail, user_errors
+
+
+def reproduce(
+    table: str = typer.Argument(..., help="table1 (ACDC), table2 (LiTS), table3 (ablations) or table4 (augmentations)"),
+    protocol: str = typer.Option("field", "--protocol", help="the recipe (field: the one behind the published rows)"),
+    budget: str = typer.Option("full", "--budget", help="full: real data at the protocol's budget; smoke: the phantoms at their CPU preset"),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated initialisation seeds"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated subset of the table's methods"),
+    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="base budget (default: the protocol's, or the phantom preset with --budget smoke)"),
+    set_: list[str] = typer.Option([], "--set", help="passed to every run (key=value)"),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="parallel jobs without GPUs (default: one per CPU core); with GPUs: one job per GPU"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the grid, the number of runs and the estimate; run nothing"),
+    fmt: str = typer.Option("rich", "--format", help="rich, md or csv for the final comparison"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="also write the comparison to this file"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="data folder (default $SSL_BENCH_DATA or ./data)"),
+    results_root: Optional[Path] = typer.Option(None, "--results-root", help="results folder (default $SSL_BENCH_RESULTS or ./results/runs)"),
+) -> None:
+    """Run the exact grid behind one of the paper's tables (resumable), then compare with the paper."""
+    from ssl_bench import engine, tracking
+    from ssl_bench import reproduce as rep
+    from ssl_bench.protocols import get_protocol
+    from ssl_bench.registry import get_dataset_class
+
+    rr = tracking.results_root(results_root)
+    try:
+        grid = rep.get_grid(table)
+        proto = get_protocol(protocol)
+        # the roots are not part of a job: the sweep launcher gives them to every job
+        req = rep.GridRequest(grid, protocol, budget, [int(s) for s in seeds.split(",") if s.strip()],
+                              [m.strip() for m in methods.split(",")] if methods else None, iterations,
+                              list(set_))
+        job_list = req.jobs()
+        if fmt not in ("rich", "md", "csv"):
+            raise ValueError(f"--format {fmt!r}: use rich, md or csv")
+    except user_errors() as exc:
+        fail(str(exc))
+    variants = f" x {len(grid.variants)} variants" if len(grid.variants) > 1 else ""
+    console.print(f"[bold]{grid.title}[/] under protocol [bold]{proto.tag}[/] on {req.dataset} "
+                  f"({budget} budget): {len({j.method for j in job_list})} method(s){variants} x "
+                  f"{len(grid.settings)} setting(s) x {len(req.seeds)} seed(s) = {len(job_list)} runs")
+    if not proto.published:
+        console.print(f"[yellow]note:[/] the published figures came from protocol field; under {proto.tag} "
+                      "the comparison is for orientation only")
+    if dry_run:
+        _print_grid(job_list)
+        return
+    try:
+        get_dataset_class(req.dataset)(engine.data_root(data_root))  # phantoms are generated once, here
+    except user_errors() as exc:
+        fail(str(exc))
+    uri = tracking.default_tracking_uri(rr)
+    from ssl_bench.sweep import SweepInterrupted, launch
+
+    try:
+        codes = launch(job_list, results_root=rr, data_root=data_root, cpu_jobs=jobs, console=console)
+    except SweepInterrupted as exc:
+        fail(f"interrupted: {exc}", code=130)
+    except user_errors() as exc:
+        fail(str(exc))
+    failed = [k for k, v in codes.items() if v != 0]
+    _print_comparison(req, uri, rr, fmt, output)
+    if failed:
+        fail(f"{len(failed)} of {len(codes)} runs failed: {', '.join(failed)}", code=1)
+
+
+def _print_grid(job_list) -> None:
+    from rich.table import Table
+
+    t = Table(title="runs (each an idempotent `ssl-bench run`)")
+    for c in ("method", "dataset", "setting", "seed", "extra --set"):
+        t.add_column(c, overflow="fold")
+    for j in job_list:
+        sets = [j.extra[i + 1] for i, a in enumerate(j.extra) if a == "--set"]
+        t.add_row(j.method, j.dataset, " ".join(j.setting), str(j.seed), ", ".join(sets) or "-")
+    console.print(t)
+
+
+def _print_comparison(req, uri: str, results_root: Path, fmt: str, output: Path | None) -> None:
+    from ssl_bench import table as tbl
+    from ssl_bench import tracking
+
+    tracking.sync_index(results_root, uri)  # the run dirs are the record: index any the store lacks
+    runs = tbl.select_runs(tbl.load_runs(uri), req.dataset, list(dict.fromkeys(j.method for j in req.jobs())),
+                           protocol=req.protocol)
+    if runs.empty:
+        console.print("no finished run to compare yet")
+        return
+    tables = (tbl.comparison_tables(runs) if req.grid.kind == "main" else
+              [t for t in tbl.ablation_tables(runs) if (req.grid.name == "table3") == t.title.startswith("Table 3")])
+    if output is not None:
+        from ssl_bench.datasets.base import atomic_write_text
+
+        atomic_write_text(output, tbl.render(tables, "md" if fmt == "rich" else fmt))
+        console.print(f"wrote {output}")
+    if fmt == "rich":
+        for t in tables:
+            for part in tbl.rich_tables(t):
+                console.print(part)
+    else:
+        console.print(tbl.render(tables, fmt), markup=False, highlight=False)

@@ -1,0 +1,115 @@
+"""``ssl-bench reproduce tableN``: the exact grid behind each table of the ACTION paper.
+
+You et al., IPMI 2023: Table 1 is the 14 methods on ACDC with 3 and 7 labeled patients, Table 2
+the same methods on LiTS with 5 % and 10 % labeled volumes, Table 3 ACTION's ablations and
+Table 4 its student/teacher augmentations (both ACDC, 3 labeled). A grid is protocol x methods
+(x variants) x settings x seeds; every cell is one idempotent ``ssl-bench run`` job, so a grid
+can be stopped and re-run (finished runs are skipped, interrupted ones resume).
+
+``budget="full"`` runs on the real datasets at the protocol's budget (the paper's scale);
+``budget="smoke"`` runs the same grid on the built-in phantoms (acdc-phantom, lits-phantom) at
+their CPU presets, in minutes to hours of CPU: it checks the machinery, not the paper's numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ssl_bench.sweep import Job
+
+#: the methods of Tables 1 and 2, in the paper's order
+PAPER_METHODS = ["unet-f", "unet-l", "em", "cct", "dan", "urpc", "dct", "ict", "mt", "uamt", "cps",
+                 "gcl", "scs", "action"]
+#: Table 3's rows (``method.ablation``); ``no-pseudo-ce`` is the other reading of "w/o L_unsup"
+ABLATIONS = ["none", "vanilla", "no-rsi", "no-stage2", "no-rsi-no-stage2", "no-stage3", "no-anco",
+             "no-unsup", "no-pseudo-ce"]
+#: Table 4's rows: (student, teacher) augmentation
+AUGMENTATIONS = [("weak", "weak"), ("strong", "weak"), ("weak", "strong"), ("strong", "strong")]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A row variant of one method: a label and the ``--set`` items that make it."""
+
+    label: str
+    sets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    title: str
+    dataset: str  # the real dataset
+    smoke_dataset: str  # its phantom
+    settings: tuple[tuple[str, str], ...]  # ("--labeled", "3"), ("--ratio", "0.05")
+    methods: tuple[str, ...]
+    variants: tuple[Variant, ...] = (Variant("default"),)
+    kind: str = "main"  # main (Tables 1/2) or ablation (Tables 3/4)
+
+    def dataset_for(self, budget: str) -> str:
+        return self.smoke_dataset if budget == "smoke" else self.dataset
+
+
+GRIDS = {
+    "table1": Grid("table1", "Table 1: ACDC, 3 and 7 labeled patients", "acdc", "acdc-phantom",
+                   (("--labeled", "3"), ("--labeled", "7")), tuple(PAPER_METHODS)),
+    "table2": Grid("table2", "Table 2: LiTS, 5% and 10% labeled volumes", "lits", "lits-phantom",
+                   (("--ratio", "0.05"), ("--ratio", "0.1")), tuple(PAPER_METHODS)),
+    "table3": Grid("table3", "Table 3: ACTION ablations, ACDC, 3 labeled", "acdc", "acdc-phantom",
+                   (("--labeled", "3"),), ("action",),
+                   tuple(Variant(a, () if a == "none" else (f"method.ablation={a}",)) for a in ABLATIONS),
+                   kind="ablation"),
+    "table4": Grid("table4", "Table 4: ACTION augmentations, ACDC, 3 labeled", "acdc", "acdc-phantom",
+                   (("--labeled", "3"),), ("action",),
+                   tuple(Variant(f"{s}-{t}", (f"method.student_aug={s}", f"method.teacher_aug={t}"))
+                         for s, t in AUGMENTATIONS), kind="ablation"),
+}
+
+
+def get_grid(name: str) -> Grid:
+    try:
+        return GRIDS[name]
+    except KeyError:
+        raise ValueError(f"unknown table {name!r}; choose one of {', '.join(GRIDS)}") from None
+
+
+@dataclass
+class GridRequest:
+    """What the user asked for; ``jobs()`` turns it into sweep jobs."""
+
+    grid: Grid
+    protocol: str = "field"
+    budget: str = "full"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    methods: list[str] | None = None  # a subset of the grid's methods (CI runs a slice)
+    iterations: int | None = None  # base budget; default: the protocol's (full) or the preset (smoke)
+    extra_sets: list[str] = field(default_factory=list)
+    common_args: list[str] = field(default_factory=list)  # --results-root, --data-root, threads ...
+
+    def __post_init__(self):
+        if self.budget not in ("full", "smoke"):
+            raise ValueError(f"--budget {self.budget!r}: use full (real data, the paper's scale) or smoke (phantoms)")
+        unknown = sorted(set(self.methods or []) - set(self.grid.methods))
+        if unknown:
+            raise ValueError(f"{self.grid.name} has no method {', '.join(unknown)}; "
+                             f"its methods: {', '.join(self.grid.methods)}")
+        if not self.seeds:
+            raise ValueError("give at least one seed (--seeds 0,1,2)")
+
+    @property
+    def dataset(self) -> str:
+        return self.grid.dataset_for(self.budget)
+
+    def jobs(self) -> list[Job]:
+        methods = [m for m in self.grid.methods if not self.methods or m in self.methods]
+        out = []
+        for m in methods:
+            for v in self.grid.variants:
+                args = ["--protocol", self.protocol]
+                for item in (*v.sets, *self.extra_sets):
+                    args += ["--set", item]
+                if self.iterations:
+                    args += ["--iterations", str(self.iterations)]
+                for setting in self.grid.settings:
+                    for seed in self.seeds:
+                        out.append(Job(m, self.dataset, setting, seed, 0, [*args, *self.common_args]))
+        return out
