@@ -59,11 +59,18 @@ def launch(jobs: Sequence[Job], *, executor: str = "local", results_root: str | 
     if dry_run:
         return {}
     # one store initialisation, under its lock, before any job logs (a server must answer now)
-    tracking.make_client(tracking.default_tracking_uri(root, tracking_uri)).search_experiments(max_results=1)
+    uri = tracking.default_tracking_uri(root, tracking_uri)
+    try:
+        tracking.make_client(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        raise ValueError(f"the MLflow store {uri} does not answer ({type(exc).__name__}: {str(exc)[:200]}); "
+                         "start the server or fix --tracking-uri") from exc
     manifest = Manifest.create(root, executor, the_plan.jobs, device, runtime)
     todo = [p.job.name for p in the_plan.todo]
     codes: dict[str, int | None] = {p.job.name: 0 for p in the_plan.finished}
-    if executor == "local":
+    if not todo:
+        say("nothing to run: every job has finished")
+    elif executor == "local":
         say(f"{len(todo)} job(s) on {len(slots)} slot(s) ({', '.join(s.name for s in slots)}); "
             f"logs in {manifest.folder / 'logs'}")
         from ssl_bench.sweep.local import run_local
