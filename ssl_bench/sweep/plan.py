@@ -106,7 +106,7 @@ class PlannedJob:
     done_iterations: int  # reached by an earlier attempt (its log), all of them when finished
     finished: bool
     estimate: Estimate | None  # seconds per iteration on the sweep's device, and where it came from
-    method: str = ""  # the method of the resolved run
+    method: str  # the method of the resolved run
 
     @property
     def remaining_s(self) -> float | None:
@@ -165,11 +165,11 @@ def plan(jobs: Sequence[Job], results_root: str | Path, *, runtime: Sequence[str
 
     runtime = runtime_args(Path(results_root)) if runtime is None else runtime
 
-    names: dict[str, Job] = {}
+    names: set[str] = set()
     for job in jobs:
         if job.name in names:
             raise ValueError(f"job {job.name!r} appears twice in the sweep; drop the duplicate")
-        names[job.name] = job
+        names.add(job.name)
     times = StepTimes(Path(results_root), default_bench_dirs() if bench_dirs is None else bench_dirs)
     planned, seen = [], {}
     for job in jobs:
