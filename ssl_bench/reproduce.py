@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pathlib import Path
+
+from ssl_bench.config import parse_set_options
+from ssl_bench.runconfig import RunSpec
 from ssl_bench.sweep import Job
 
 #: the methods of Tables 1 and 2, in the paper's order
@@ -100,16 +104,46 @@ class GridRequest:
         return self.grid.dataset_for(self.budget)
 
     def jobs(self) -> list[Job]:
+        return [job for job, _ in self.jobs_and_specs()]
+
+    def jobs_and_specs(self) -> list[tuple[Job, RunSpec]]:
+        """Each job with the ``RunSpec`` its command line makes (for estimates without data)."""
         methods = [m for m in self.grid.methods if not self.methods or m in self.methods]
         out = []
         for m in methods:
             for v in self.grid.variants:
-                args = ["--protocol", self.protocol]
-                for item in (*v.sets, *self.extra_sets):
-                    args += ["--set", item]
+                sets = [*v.sets, *self.extra_sets]
+                args = ["--protocol", self.protocol, *[a for item in sets for a in ("--set", item)]]
+                overrides = parse_set_options(sets)
                 if self.iterations:
                     args += ["--iterations", str(self.iterations)]
-                for setting in self.grid.settings:
+                    overrides["iterations"] = str(self.iterations)
+                for flag, value in self.grid.settings:
+                    setting = {"labeled": int(value)} if flag == "--labeled" else {"ratio": float(value)}
                     for seed in self.seeds:
-                        out.append(Job(m, self.dataset, setting, seed, 0, [*args, *self.common_args]))
+                        spec = RunSpec(method=m, dataset=self.dataset, seed=seed, protocol=self.protocol,
+                                       overrides=dict(overrides), **setting)
+                        out.append((Job(m, self.dataset, (flag, value), seed, 0, [*args, *self.common_args]), spec))
         return out
+
+
+def estimate_from_config(pairs: list[tuple[Job, RunSpec]], results_root: Path, device: str):
+    """Estimated seconds per job from measured step times, from the resolved configs alone (the
+    data need not be present: a grid on real data can be planned on a laptop). Returns
+    ``[(job, total iterations, Estimate | None)]``."""
+    from types import SimpleNamespace
+
+    from ssl_bench.registry import get_dataset_class, get_method_class
+    from ssl_bench.runconfig import resolve
+    from ssl_bench.sweep.estimate import StepTimes, default_bench_dirs
+
+    times = StepTimes(Path(results_root), default_bench_dirs())
+    out = []
+    for job, spec in pairs:
+        method_cls, data_cls = get_method_class(spec.method), get_dataset_class(spec.dataset)
+        train_cfg, method_cfg = resolve(spec, method_cls, getattr(data_cls, "train_defaults", None))
+        run = SimpleNamespace(spec=spec, train_cfg=train_cfg, method_cfg=method_cfg, method_cls=method_cls,
+                              image_size=train_cfg.image_size or getattr(data_cls, "default_image_size", 256),
+                              dataset=SimpleNamespace(num_classes=len(data_cls.class_names)))
+        out.append((job, train_cfg.total_iterations, times.estimate(run, device)))
+    return out

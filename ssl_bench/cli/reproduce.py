@@ -53,6 +53,7 @@ def reproduce(
                       "the comparison is for orientation only")
     if dry_run:
         _print_grid(job_list)
+        _print_estimate(req, rr)
         return
     try:
         get_dataset_class(req.dataset)(engine.data_root(data_root))  # phantoms are generated once, here
@@ -83,6 +84,28 @@ def _print_grid(job_list) -> None:
         sets = [j.extra[i + 1] for i, a in enumerate(j.extra) if a == "--set"]
         t.add_row(j.method, j.dataset, " ".join(j.setting), str(j.seed), ", ".join(sets) or "-")
     console.print(t)
+
+
+def _print_estimate(req, results_root: Path) -> None:
+    """Device-hours of the grid from measured step times (resolved configs; no data needed)."""
+    import torch
+
+    from ssl_bench import reproduce as rep
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = rep.estimate_from_config(req.jobs_and_specs(), results_root, device)
+    known = [(it, e) for _, it, e in rows if e is not None]
+    hours = sum(it * e.seconds_per_iteration for it, e in known) / 3600
+    iterations = sum(it for _, it, _ in rows)
+    console.print(f"{iterations:,} iterations in all; estimated [bold]{hours:,.1f} {device} device-hours[/] for "
+                  f"{len(known)} of {len(rows)} runs (training only, from measured step times; finished runs "
+                  "are not subtracted here: a real run skips them)")
+    for source in sorted({e.source for _, _, e in rows if e is not None}):
+        methods = sorted({j.method for j, _, e in rows if e is not None and e.source == source})
+        console.print(f"  {', '.join(methods)}: {source}", highlight=False)
+    unknown = sorted({j.method for j, _, e in rows if e is None})
+    if unknown:
+        console.print(f"  no measured step time for {', '.join(unknown)} (`ssl-bench bench` measures them)")
 
 
 def _print_comparison(req, uri: str, results_root: Path, fmt: str, output: Path | None) -> None:
