@@ -11,7 +11,6 @@ import typer
 from typer.testing import CliRunner
 
 from ssl_bench import table as tbl
-from ssl_bench import tracking
 from ssl_bench.cli.table import table_command
 from ssl_bench.tracking import RunTracker
 
@@ -65,7 +64,7 @@ def store(tmp_path_factory, mlflow_template_db) -> str:
     # run from before protocols existed (no tag: counted as paper v1)
     add_run(root, uri, "mt", 0, {"mean": (0.60, 2.0)}, dataset="proto", protocol="equal")
     add_run(root, uri, "mt", 1, {"mean": (0.62, 2.0)}, dataset="proto", protocol="field")
-    old = add_run(root, uri, "mt", 2, {"mean": (0.64, 2.0)}, dataset="proto", protocol="")
+    add_run(root, uri, "mt", 2, {"mean": (0.64, 2.0)}, dataset="proto", protocol="")
     return uri
 
 
