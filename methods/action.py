@@ -262,7 +262,7 @@ class Action(Method):
             z_t = self.teacher.global_embedding(x_t).float()
         loss = self._distil(z_t, z_s, self.global_bank)
         name = "global_kl" if self.rsi else "global_byol"
-        return StepOutput(loss=loss, unsup=loss, terms={name: float(loss.detach())})
+        return StepOutput(loss=loss, unsup=loss, terms={name: loss.detach()})
 
     def _stage_local(self, batch):
         n_lb = batch.x_lb.shape[0]
@@ -276,11 +276,11 @@ class Action(Method):
         local = self._distil(e_t, e_s, self.local_bank)
         name = "local_kl" if self.rsi else "local_byol"
         return StepOutput(loss=sup + self.cfg.w_local * local, unsup=local,
-                          terms={"sup": float(sup.detach()), name: float(local.detach())})
+                          terms={"sup": sup.detach(), name: local.detach()})
 
     def _stage_finetune(self, batch):
         sup = supervised_loss(self.net.backbone(batch.x_lb), batch.y_lb)
-        return StepOutput(loss=sup, terms={"sup": float(sup.detach())})
+        return StepOutput(loss=sup, terms={"sup": sup.detach()})
 
     def _stage_anco(self, batch):
         cfg = self.cfg
@@ -290,17 +290,17 @@ class Action(Method):
         logits, enc, dec = self.net.backbone.forward_features(x)
         sup = supervised_loss(logits[:n_lb], batch.y_lb)
         if not self.use_unsup:
-            return StepOutput(loss=sup, terms={"sup": float(sup.detach())})
+            return StepOutput(loss=sup, terms={"sup": sup.detach()})
         with torch.no_grad():
             t_probs = self.teacher.backbone(x_t).float().softmax(1)
         ce_u, confident = pseudo_label_ce(logits[n_lb:], t_probs, cfg.theta_s)
         unsup = cfg.w_unsup_ce * ce_u
-        terms = {"sup": float(sup.detach()), "pseudo_ce": float(ce_u.detach()),
-                 "confident": float(confident.float().mean())}
+        terms = {"sup": sup.detach(), "pseudo_ce": ce_u.detach(),
+                 "confident": confident.float().mean()}
         if self.use_anco:
             anco = self._anco(x, logits, [enc[-1], *dec], batch.y_lb, t_probs)
             unsup = unsup + cfg.w_anco * anco.loss
-            terms.update(anco=float(anco.loss.detach()), anco_classes=len(anco.classes),
+            terms.update(anco=anco.loss.detach(), anco_classes=len(anco.classes),
                          anco_hard=anco.n_hard)
         return StepOutput(loss=sup + unsup, unsup=unsup, terms=terms)
 

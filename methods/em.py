@@ -55,4 +55,4 @@ class EntropyMinimisation(Method):
         ent = entropy_loss(logits[n_lb:])
         w = self.cfg.weight * ramp(step, self.ctx.total_iterations, self.cfg.rampup)
         return StepOutput(loss=sup + w * ent, unsup=ent,
-                          terms={"sup": float(sup.detach()), "entropy": float(ent.detach()), "w_ent": w})
+                          terms={"sup": sup.detach(), "entropy": ent.detach(), "w_ent": w})

@@ -110,4 +110,4 @@ class ICT(Method):
         cons = ict_consistency(logits[n_lb:], target)
         w = self.consistency * ramp(step, self.ctx.total_iterations, self.rampup)
         return StepOutput(loss=sup + w * cons, unsup=cons,
-                          terms={"sup": float(sup.detach()), "consistency": float(cons.detach()), "w_cons": w})
+                          terms={"sup": sup.detach(), "consistency": cons.detach(), "w_cons": w})

@@ -59,4 +59,4 @@ class MeanTeacher(Method):
         cons = softmax_mse(logits[n_lb:], t_logits)
         w = cfg.consistency * ramp(step, self.ctx.total_iterations, cfg.rampup)
         return StepOutput(loss=sup + w * cons, unsup=cons,
-                          terms={"sup": float(sup.detach()), "consistency": float(cons.detach()), "w_cons": w})
+                          terms={"sup": sup.detach(), "consistency": cons.detach(), "w_cons": w})

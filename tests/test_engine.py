@@ -88,7 +88,10 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
 
 
-def test_non_finite_loss_fails_the_run_and_keeps_checkpoints(tmp_path, monkeypatch):
+@pytest.mark.parametrize("log_every", ["1", "5"])  # a read-back every step / between two logs
+def test_non_finite_loss_fails_the_run_and_keeps_checkpoints(tmp_path, monkeypatch, log_every):
+    """The lean loop reads losses back on the log cadence and before every checkpoint: the NaN of
+    step 3 is named, and the checkpoint due after it is never written from its weights."""
     from ssl_bench.methods.mt import MeanTeacher
 
     original = MeanTeacher.training_step
@@ -100,12 +103,14 @@ def test_non_finite_loss_fails_the_run_and_keeps_checkpoints(tmp_path, monkeypat
         return out
 
     monkeypatch.setattr(MeanTeacher, "training_step", nan_at_3)
-    run = _prepare(tmp_path)
-    with pytest.raises(engine.TrainingDiverged, match="stage 'train', step 3"):
+    run = _prepare(tmp_path, log_every=log_every, val_every="100")
+    with pytest.raises(engine.TrainingDiverged, match=r"loss became nan at stage 'train', step 3 \(terms: sup="):
         engine.fit(run, progress=False)
     failure = json.loads((run.run_dir / "failure.json").read_text())
     assert failure["status"] == "failed"
-    assert (run.run_dir / "checkpoints" / "latest.pt").exists()
+    latest = torch.load(run.run_dir / "checkpoints" / "latest.pt", weights_only=False)
+    assert latest["state"]["step"] == 2  # written after step 1; the read before step 3's save raised
+    assert all(torch.isfinite(t.float()).all() for t in latest["modules"]["student"].values())
     assert not (run.run_dir / "metrics.json").exists()
     assert json.loads((run.run_dir / "tags.json").read_text())["method"] == "mt"
 
