@@ -295,7 +295,8 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
                     bar.advance(values["loss"] if do_log else None)
                 if do_val:
                     res = evaluate_cases(method.predictor(), run.dataset, run.split.val, size, device,
-                                         progress=False)
+                                         progress=False, batch_size=cfg.eval_batch_size,
+                                         workers=eval_workers(cfg))
                     method.train(True)
                     val_dice = float(res.summary["mean"]["dice"])
                     tracker.log_metrics({"val/dice/mean": val_dice}, state["global_step"])
@@ -337,16 +338,37 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
         raise
 
 
+def eval_workers(cfg: TrainConfig) -> int:
+    """Processes that score cases: ``eval_workers``, or one per core this run may use (its
+    ``threads`` when set: a sweep's one-thread jobs score serially, not on their neighbours' cores)."""
+    if cfg.eval_workers > 0:
+        return cfg.eval_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cfg.threads, cores) if cfg.threads > 0 else cores
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _test(run: PreparedRun, method, device, tracker, progress) -> dict:
+    """Score the best-on-val and the last weights on the test split; once when they are the same
+    weights (no validation, or the best was the last), the reports then written for both."""
     from ssl_bench.evaluate import evaluate_cases, mlflow_metrics, write_eval
 
+    cfg = run.train_cfg
     predictor = method.predictor()
     flat: dict[str, float] = {}
     out: dict[str, Any] = {"test": {}}
+    weights = {ckpt: torch.load(run.run_dir / "checkpoints" / f"{ckpt}.pt", map_location=device,
+                                weights_only=False)["predictor"] for ckpt in ("best", "last")}
+    out["best_is_last"] = same_weights(weights["best"], weights["last"])
+    res = None
     for ckpt in ("best", "last"):
-        state = torch.load(run.run_dir / "checkpoints" / f"{ckpt}.pt", map_location=device, weights_only=False)
-        predictor.load_state_dict(state["predictor"])
-        res = evaluate_cases(predictor, run.dataset, run.split.test, run.image_size, device, progress=progress)
+        if res is None or not out["best_is_last"]:
+            predictor.load_state_dict(weights[ckpt])
+            res = evaluate_cases(predictor, run.dataset, run.split.test, run.image_size, device, progress=progress,
+                                 batch_size=cfg.eval_batch_size, workers=eval_workers(cfg))
         write_eval(res, run.run_dir, f"test_{ckpt}")
         out["test"][ckpt] = res.summary
         flat.update(mlflow_metrics(res.summary, f"test/{ckpt}"))

@@ -169,3 +169,42 @@ def test_amp_run_on_cpu_uses_bfloat16_and_finishes(tmp_path):
     res = engine.fit(_prepare(tmp_path, amp="true", iterations="2"), progress=False)
     assert res.status == "finished"
     assert json.loads((res.run_dir / "config.json").read_text())["train"]["amp"] is True
+
+
+def _spy_evaluations(monkeypatch, val_dice=None):
+    """Record the case lists evaluate_cases is called with; validation dice from ``val_dice``."""
+    from ssl_bench import evaluate
+
+    calls, original = [], evaluate.evaluate_cases
+    run_split: dict = {}  # the caller sets "test"
+
+    def spy(predictor, dataset, case_ids, *args, **kwargs):
+        calls.append(list(case_ids))
+        res = original(predictor, dataset, case_ids, *args, **kwargs)
+        if val_dice is not None and list(case_ids) != list(run_split["test"]):
+            res.summary["mean"]["dice"] = val_dice.pop(0)
+        return res
+
+    monkeypatch.setattr(evaluate, "evaluate_cases", spy)
+    return calls, run_split
+
+
+def test_best_and_last_are_scored_once_when_they_are_the_same_weights(tmp_path, monkeypatch):
+    calls, split = _spy_evaluations(monkeypatch)
+    run = _prepare(tmp_path, val_every="100")  # one validation, at the last step: best = last
+    split["test"] = run.split.test
+    res = engine.fit(run, progress=False)
+    assert res.metrics["best_is_last"] is True
+    assert calls.count(list(run.split.test)) == 1
+    d = res.run_dir
+    assert (d / "test_best_per_case.csv").read_text() == (d / "test_last_per_case.csv").read_text()
+    assert res.metrics["test"]["best"] == res.metrics["test"]["last"]
+
+
+def test_best_and_last_are_scored_apart_when_they_differ(tmp_path, monkeypatch):
+    calls, split = _spy_evaluations(monkeypatch, val_dice=[0.9, 0.1])  # the best is step 3's
+    run = _prepare(tmp_path)
+    split["test"] = run.split.test
+    res = engine.fit(run, progress=False)
+    assert res.metrics["best_is_last"] is False and res.metrics["best_step"] == 3
+    assert calls.count(list(run.split.test)) == 2
