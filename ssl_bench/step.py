@@ -22,13 +22,15 @@ loop therefore never reads a value in its hot path:
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from pathlib import Path
 
 import torch
 
-#: ``torch.compile`` backend (the tests use cheaper or failing ones)
-COMPILE_BACKEND = "inductor"
+#: ``torch.compile`` backend; None: ``$SSL_BENCH_COMPILE_BACKEND`` or inductor (tests use cheaper
+#: or failing ones)
+COMPILE_BACKEND = None
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,7 +95,7 @@ def prepare_modules(method, channels_last: bool, compile: bool) -> bool:
         if channels_last:
             module.to(memory_format=torch.channels_last)
         if compile:
-            module.compile(backend=COMPILE_BACKEND)
+            module.compile(backend=COMPILE_BACKEND or os.environ.get("SSL_BENCH_COMPILE_BACKEND", "inductor"))
     return compile
 
 
