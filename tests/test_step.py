@@ -153,3 +153,28 @@ def test_unknown_sampling_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="sampling"):
         _fit(tmp_path, sampling="gpu")
+
+
+def test_multi_tensor_ema_is_the_per_tensor_update_bit_for_bit():
+    """ssl_bench.ema.ema_update (foreach ops) against the plain loop, parameters and buffers."""
+    import copy
+
+    from ssl_bench.ema import ema_update
+    from ssl_bench.nets import create_backbone
+
+    torch.manual_seed(0)
+    student = create_backbone("unet", 1, 4)
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+        for b in student.buffers():
+            b.add_(1) if b.dtype.is_floating_point else b.fill_(7)  # running stats and step counts
+    expected = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for t, s in zip(list(expected.parameters()) + list(expected.buffers()),
+                        list(student.parameters()) + list(student.buffers())):
+            t.mul_(0.99).add_(s, alpha=0.01) if t.dtype.is_floating_point else t.copy_(s)
+    ema_update(teacher, student, 0.99)
+    for (name, a), b in zip(teacher.state_dict().items(), expected.state_dict().values()):
+        assert torch.equal(a, b), name
