@@ -122,7 +122,10 @@ def make_batch(lb: SlicePool, ulb: SlicePool | None, cfg, aug, g: torch.Generato
                need_unlabeled: bool):
     """One training batch (``methods.base.Batch``) on ``device``: ``cfg.labeled_bs`` labeled slices
     (weak augmentation, labels warped alike) and ``cfg.unlabeled_bs`` unlabeled ones (a weak and a
-    strong view of the same geometry, and the raw slice), drawn with ``g`` in this order."""
+    strong view of the same geometry, and the raw slice), drawn with ``g`` in this order.
+
+    The labeled draws come first, so a caller that wants every method to see one data stream
+    (supervised ones included) draws the unlabeled part too and ignores it."""
     from ssl_bench.methods.base import Batch
 
     x_lb_raw, y_lb_raw, pos_lb, case_lb = lb.sample(cfg.labeled_bs, g, device)
