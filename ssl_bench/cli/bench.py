@@ -135,7 +135,7 @@ def bench_eval_command(
     volume: str = typer.Option("100,512,512", help="the LiTS-size case for the metrics vs medpy (z,y,x)"),
     repeats: int = typer.Option(3, help="runs of ssl-bench's metrics (medpy runs once)"),
     cases: int = typer.Option(8, help="cases of the synthetic test set"),
-    case_shape: str = typer.Option("10,128,128", help="shape of each test case (z,y,x)"),
+    case_shape: str = typer.Option("10,256,216", help="shape of each test case (z,y,x)"),
     image_size: int = typer.Option(0, help="inference size (0: 64 on a CPU, 256 on a GPU)"),
     workers: int = typer.Option(0, help="metric processes (0: one per core, at most one per case)"),
     device: str = DEVICE, out_dir: Path = OUT, threads: int = THREADS,
