@@ -2,7 +2,7 @@
 
     ssl-bench run --method action --dataset lits --ratio 0.05
     ssl-bench table --dataset acdc-phantom --with-published
-    ssl-bench methods | datasets | data prepare/info | bench anco/steps | sweep | ui
+    ssl-bench methods | datasets | data prepare/info | bench [steps|eval|reference-mt|anco|card] | sweep | ui
 
 Every bad input (unknown method or dataset, ratio out of range, missing data, unknown --set key)
 ends with one line naming the problem and the fix, a non-zero exit, and nothing written.
