@@ -7,7 +7,8 @@ is written; ``fit(run)`` then trains stage by stage:
         SGD (lr 0.01, momentum 0.9, wd 1e-4) over method.trainable_parameters(), poly decay 0.9
         for each iteration: sample labeled + unlabeled slices -> augment -> method.training_step
             -> backward (AMP optional) -> step -> auxiliary optimisers -> EMA hook
-            -> log, resumable checkpoint, validation (final stage: best-on-val checkpoint)
+            -> log, resumable checkpoint, validation (final stage: best-on-val checkpoint);
+            losses are read back from the device only for these (ssl_bench/step.py)
     test the best-on-val and the last weights on the test split -> metrics.json, MLflow
 
 A run dir is resumable: a killed run restarts from ``checkpoints/latest.pt`` (stage, step,
