@@ -357,7 +357,7 @@ class Action(Method):
             z_t = self.teacher.global_embedding(x_t).float()
         loss = self._distil(z_t, z_s, self.global_bank)
         name = "global_kl" if self.rsi else "global_byol"
-        return StepOutput(loss=loss, unsup=loss, terms={name: float(loss.detach())})
+        return StepOutput(loss=loss, unsup=loss, terms={name: loss.detach()})
 
     def _stage_local(self, batch):
         n_lb = batch.x_lb.shape[0]
@@ -372,18 +372,18 @@ class Action(Method):
         local = self._distil(e_t, e_s, self.local_bank)
         kind = "kl" if self.rsi else "byol"
         unsup = self.cfg.w_local * local
-        terms = {"sup": float(sup.detach()), f"local_{kind}": float(local.detach())}
+        terms = {"sup": sup.detach(), f"local_{kind}": local.detach()}
         if self.global_in_stage2:  # released: stage ii keeps the global term (k1 = 1)
             z_s = self.predictors["global"](self.net.global_head(enc[-1][n_lb:]))
             z_t = self.teacher.global_head(t_enc[-1]).float().detach()
             glob = self._distil(z_t, z_s, self.global_bank)
             unsup = unsup + self.cfg.w_global_stage2 * glob
-            terms[f"global_{kind}"] = float(glob.detach())
+            terms[f"global_{kind}"] = glob.detach()
         return StepOutput(loss=sup + unsup, unsup=unsup, terms=terms)
 
     def _stage_finetune(self, batch):
         sup = supervised_loss(self.net.backbone(batch.x_lb), batch.y_lb)
-        return StepOutput(loss=sup, terms={"sup": float(sup.detach())})
+        return StepOutput(loss=sup, terms={"sup": sup.detach()})
 
     @torch.no_grad()
     def teacher_probs(self, x_t: torch.Tensor) -> torch.Tensor:
@@ -411,22 +411,22 @@ class Action(Method):
         if not self.use_unsup:
             logits = self.net.backbone(torch.cat([batch.x_lb, x_s]))
             sup = supervised_loss(logits[:n_lb], batch.y_lb)
-            return StepOutput(loss=sup, terms={"sup": float(sup.detach())})
+            return StepOutput(loss=sup, terms={"sup": sup.detach()})
         x_s, t_probs = self.mixed(x_s, self.teacher_probs(x_t))
         x = torch.cat([batch.x_lb, x_s])
         logits, enc, dec = self.net.backbone.forward_features(x)
         sup = supervised_loss(logits[:n_lb], batch.y_lb)
-        terms = {"sup": float(sup.detach()),
-                 "confident": float((t_probs.max(1).values > cfg.theta_s).float().mean())}
+        terms = {"sup": sup.detach(),
+                 "confident": (t_probs.max(1).values > cfg.theta_s).float().mean()}
         unsup = torch.zeros((), device=x.device)
         if self.use_pseudo_ce:
             ce_u, _ = PSEUDO_CE[cfg.pseudo_ce](logits[n_lb:], t_probs, cfg.theta_s)
             unsup = unsup + cfg.w_unsup_ce * ce_u
-            terms["pseudo_ce"] = float(ce_u.detach())
+            terms["pseudo_ce"] = ce_u.detach()
         if self.use_anco:
             anco = self._anco(x, logits, [enc[-1], *dec], batch.y_lb, t_probs)
             unsup = unsup + cfg.w_anco * anco.loss
-            terms.update(anco=float(anco.loss.detach()), anco_classes=len(anco.classes),
+            terms.update(anco=anco.loss.detach(), anco_classes=len(anco.classes),
                          anco_hard=anco.n_hard)
         return StepOutput(loss=sup + unsup, unsup=unsup, terms=terms)
 

@@ -39,6 +39,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ssl_bench.sampling import to_device  # CPU draws reach a GPU without a host sync
+
 
 # -- contrastive distillation (stages i and ii) ---------------------------------------------------
 def distillation_kl(z_teacher: torch.Tensor, z_student: torch.Tensor, anchors: torch.Tensor,
@@ -154,7 +156,7 @@ class AncoSample:
 
 def _draw(values: torch.Tensor, n: int, generator) -> torch.Tensor:
     """``n`` uniform draws with replacement from a 1-D tensor."""
-    pick = torch.randint(len(values), (n,), generator=generator).to(values.device)
+    pick = to_device(torch.randint(len(values), (n,), generator=generator), values.device)
     return values[pick]
 
 
@@ -162,7 +164,7 @@ def _subset(values: torch.Tensor, n: int, generator) -> torch.Tensor:
     """At most ``n`` elements without replacement (all of them when ``n <= 0`` or too few)."""
     if n <= 0 or len(values) <= n:
         return values
-    return values[torch.randperm(len(values), generator=generator)[:n].to(values.device)]
+    return values[to_device(torch.randperm(len(values), generator=generator)[:n], values.device)]
 
 
 def sampled_anco(embed_at: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor,
@@ -225,7 +227,7 @@ def sampled_anco(embed_at: Callable[[torch.Tensor], torch.Tensor], labels: torch
         for i in active:
             k = sample_negative_classes(graph, i, num_negatives, generator, temperature=tau if reco else 1.0)
             within = (torch.rand(num_negatives, generator=generator) * size_t[k]).long()
-            neg_rows[i] = (offsets[k] + within.minimum(size_t[k] - 1)).to(device)
+            neg_rows[i] = to_device(offsets[k] + within.minimum(size_t[k] - 1), device)
 
     sample = AncoSample(loss=torch.zeros((), device=device), classes=classes, query_index=queries,
                         negative_index=[pool_flat[r] for r in neg_rows], prototypes=prototypes,

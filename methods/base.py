@@ -79,13 +79,16 @@ class Batch:
 class StepOutput:
     """``loss`` is backpropagated into ``trainable_parameters()``; ``terms`` are logged.
 
+    A term is a number or a detached 0-d tensor (``sup.detach()``, not ``float(sup)``): the loop
+    reads tensors back only when it logs, so a term costs no host synchronisation per step.
+
     ``unsup`` is the unlabeled term (a differentiable tensor) that the registry-wide test
     checks for gradient flow; ``None`` for purely supervised methods.
     ``aux_losses`` maps the name of an auxiliary optimiser to the loss it minimises.
     """
 
     loss: torch.Tensor
-    terms: dict[str, float] = field(default_factory=dict)
+    terms: dict[str, float | torch.Tensor] = field(default_factory=dict)
     unsup: torch.Tensor | None = None
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
 

@@ -170,7 +170,7 @@ class BCP(Method):
         y = paste(batch.y_lb[:n], batch.y_lb[n:2 * n], mask).long()
         logits = self.student(x)
         loss = masked_supervised_loss(logits, y, mask) + masked_supervised_loss(logits, y, 1 - mask)
-        return StepOutput(loss=loss, terms={"sup": float(loss.detach())})
+        return StepOutput(loss=loss, terms={"sup": loss.detach()})
 
     @staticmethod
     def half(batch) -> int:
@@ -201,4 +201,4 @@ class BCP(Method):
         unsup = masked_supervised_loss(q_in, y_in, 1 - mask) + masked_supervised_loss(q_out, y_out, mask)
         loss = sup + self.cfg.alpha * unsup
         return StepOutput(loss=loss, unsup=unsup,
-                          terms={"sup": float(sup.detach()), "unsup": float(unsup.detach())})
+                          terms={"sup": sup.detach(), "unsup": unsup.detach()})

@@ -160,4 +160,4 @@ class CCT(Method):
             cons = cct_consistency(main_logits[n_lb:], [a[n_lb:] for a in aux_logits], detach_main=False)
         w = self.unsup_weight * self.ramp(step, self.rampup)
         return StepOutput(loss=sup + w * cons, unsup=cons,
-                          terms={"sup": float(sup.detach()), "consistency": float(cons.detach()), "w_cons": w})
+                          terms={"sup": sup.detach(), "consistency": cons.detach(), "w_cons": w})

@@ -174,13 +174,13 @@ class PretrainFinetune(Method):
     def training_step(self, batch, step):
         if self.stage == "global":
             loss = self.global_loss(batch)
-            return StepOutput(loss=loss, unsup=loss, terms={"global_contrast": float(loss.detach())})
+            return StepOutput(loss=loss, unsup=loss, terms={"global_contrast": loss.detach()})
         if self.stage == "local":
             loss = self.local_loss(batch)
             unsup = None if self.local_uses_labels else loss
-            return StepOutput(loss=loss, unsup=unsup, terms={"local_contrast": float(loss.detach())})
+            return StepOutput(loss=loss, unsup=unsup, terms={"local_contrast": loss.detach()})
         sup = supervised_loss(self.student(batch.x_lb), batch.y_lb)
-        return StepOutput(loss=sup, terms={"sup": float(sup.detach())})
+        return StepOutput(loss=sup, terms={"sup": sup.detach()})
 
     def global_embeddings(self, batch) -> torch.Tensor:
         """g1 embeddings of two strong augmentations of the raw unlabeled slices, laid out

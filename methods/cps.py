@@ -110,4 +110,4 @@ class CPS(Method):
         cps = cps_1 + cps_2
         w = self.cps_weight * self.ramp(step, self.rampup)
         return StepOutput(loss=sup + w * cps, unsup=cps,
-                          terms={"sup": float(sup.detach()), "cps": float(cps.detach()), "w_cps": w})
+                          terms={"sup": sup.detach(), "cps": cps.detach(), "w_cps": w})

@@ -100,5 +100,5 @@ class DAN(Method):
         d_scores = self.discriminator(x, probs.detach())
         d_loss = discriminator_loss(d_scores[:n_lb], d_scores[n_lb:])
         return StepOutput(loss=sup + w * adv, unsup=adv, aux_losses={"discriminator": d_loss},
-                          terms={"sup": float(sup.detach()), "adversarial": float(adv.detach()), "w_adv": w,
-                                 "discriminator": float(d_loss.detach())})
+                          terms={"sup": sup.detach(), "adversarial": adv.detach(), "w_adv": w,
+                                 "discriminator": d_loss.detach()})

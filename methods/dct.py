@@ -122,8 +122,8 @@ class DCT(Method):
                + soft_cross_entropy(logits2.softmax(1), self.net1(adv2)))
         unsup = cfg.lambda_cot * cot + cfg.lambda_dif * dif
         return StepOutput(loss=sup + w * unsup, unsup=unsup,
-                          terms={"sup": float(sup.detach()), "cot": float(cot.detach()),
-                                 "dif": float(dif.detach()), "w_ramp": w})
+                          terms={"sup": sup.detach(), "cot": cot.detach(),
+                                 "dif": dif.detach(), "w_ramp": w})
 
     def _rotation_step(self, batch, step, w):
         n_lb = batch.x_lb.shape[0]
@@ -134,4 +134,4 @@ class DCT(Method):
         cons = rotation_consistency(logits[n_lb:], rot_logits, k)
         w = self.cfg.rotation_weight * w
         return StepOutput(loss=sup + w * cons, unsup=cons,
-                          terms={"sup": float(sup.detach()), "rotation": float(cons.detach()), "w_cons": w})
+                          terms={"sup": sup.detach(), "rotation": cons.detach(), "w_cons": w})

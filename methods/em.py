@@ -65,4 +65,4 @@ class EntropyMinimisation(Method):
         ent = entropy_loss(logits if self.cfg.variant == "ssl4mis" else logits[n_lb:])
         w = self.cfg.weight * self.ramp(step, self.cfg.rampup)
         return StepOutput(loss=sup + w * ent, unsup=ent,
-                          terms={"sup": float(sup.detach()), "entropy": float(ent.detach()), "w_ent": w})
+                          terms={"sup": sup.detach(), "entropy": ent.detach(), "w_ent": w})

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ssl_bench.ema import make_teacher
 from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
+from ssl_bench.sampling import to_device  # CPU draws reach a GPU without a host sync
 
 from .base import Method, StepOutput
 from .variant import check_variant, resolved
@@ -93,7 +94,7 @@ class ICT(Method):
             t_probs = self.teacher(u).float().softmax(1)
         if self.cfg.variant == "paper":
             lam = sample_beta(self.alpha, None, g).to(u.device)
-            perm = torch.randperm(u.shape[0], generator=g).to(u.device)
+            perm = to_device(torch.randperm(u.shape[0], generator=g), u.device)
             return mix(u, u[perm], lam), mix(t_probs, t_probs[perm], lam)
         half = u.shape[0] // 2
         if half == 0:
@@ -110,4 +111,4 @@ class ICT(Method):
         cons = ict_consistency(logits[n_lb:], target)
         w = self.consistency * self.ramp(step, self.rampup)
         return StepOutput(loss=sup + w * cons, unsup=cons,
-                          terms={"sup": float(sup.detach()), "consistency": float(cons.detach()), "w_cons": w})
+                          terms={"sup": sup.detach(), "consistency": cons.detach(), "w_cons": w})

@@ -71,4 +71,4 @@ class MeanTeacher(Method):
         cons = softmax_mse(logits[n_lb:], t_logits)
         w = cfg.consistency * self.ramp(step, cfg.rampup)
         return StepOutput(loss=sup + w * cons, unsup=cons,
-                          terms={"sup": float(sup.detach()), "consistency": float(cons.detach()), "w_cons": w})
+                          terms={"sup": sup.detach(), "consistency": cons.detach(), "w_cons": w})

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ssl_bench.registry import register_method
+from ssl_bench.sampling import to_device  # CPU draws reach a GPU without a host sync
 
 from .contrastive import (GlobalProjection, PretrainFinetune, decoder_level_channels,
                           pair_contrastive_loss, split_backbone_parameters,
@@ -53,7 +54,7 @@ def sample_pixels(feats: torch.Tensor, labels: torch.Tensor, stride: int, max_pi
     f = feats[:, :, ::stride, ::stride].permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
     y = labels[:, ::stride, ::stride].reshape(-1)
     if f.shape[0] > max_pixels:
-        keep = torch.randperm(f.shape[0], generator=generator)[:max_pixels].to(f.device)
+        keep = to_device(torch.randperm(f.shape[0], generator=generator)[:max_pixels], f.device)
         f, y = f[keep], y[keep]
     return f, y
 

@@ -26,7 +26,7 @@ class _Supervised(Method):
 
     def training_step(self, batch, step):
         loss = supervised_loss(self.student(batch.x_lb), batch.y_lb)
-        return StepOutput(loss=loss, terms={"sup": float(loss.detach())})
+        return StepOutput(loss=loss, terms={"sup": loss.detach()})
 
 
 @register_method("unet-l", description="U-Net trained on the labeled subset only (lower bound)")

@@ -105,5 +105,5 @@ class UAMT(MeanTeacher):
         cons = masked_consistency(logits[n_lb:], t_logits, mask, cfg.variant)
         w = cfg.consistency * self.ramp(step, cfg.rampup)
         return StepOutput(loss=sup + w * cons, unsup=cons,
-                          terms={"sup": float(sup.detach()), "consistency": float(cons.detach()), "w_cons": w,
-                                 "threshold": threshold, "mask_fraction": float(mask.mean())})
+                          terms={"sup": sup.detach(), "consistency": cons.detach(), "w_cons": w,
+                                 "threshold": threshold, "mask_fraction": mask.mean()})

@@ -130,4 +130,4 @@ class URPC(Method):
         cons = urpc_loss([s[n_lb:].float().softmax(1) for s in scales], self.cfg.variant)
         w = self.cfg.consistency * self.ramp(step, self.cfg.rampup)
         return StepOutput(loss=sup + w * cons, unsup=cons,
-                          terms={"sup": float(sup.detach()), "urpc": float(cons.detach()), "w_cons": w})
+                          terms={"sup": sup.detach(), "urpc": cons.detach(), "w_cons": w})

@@ -7,6 +7,11 @@
 
 ``Augmenter.pair`` returns a weak and a strong view that share the same geometry, so that
 pixel-level consistency between them needs no inverse warp.
+
+The warps and intensity changes are batched tensor ops on the device of the input. The random
+numbers come from ``generator`` on its own device (the run's CPU generator in the loop, so that a
+seed gives the same augmentations on a CPU and a GPU) and reach the input's device through
+``ssl_bench.sampling.to_device``: from pinned memory without a host synchronisation on CUDA.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from ssl_bench.sampling import to_device
 
 WEAK_OPS = ("rot90", "flip", "rotate", "crop")
 STRONG_OPS = ("contrast", "brightness", "noise")
@@ -29,6 +36,16 @@ class AugmentConfig:
     contrast: float = 0.3  # factor drawn from [1 - contrast, 1 + contrast]
     brightness: float = 0.1  # shift drawn from [-brightness, brightness] x image std
     noise_std: float = 0.05
+
+
+def _draw_device(generator: torch.Generator | None) -> torch.device:
+    """Random numbers are drawn where their generator lives (the CPU for the global default)."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _draw(fn, shape: tuple, generator: torch.Generator | None, device) -> torch.Tensor:
+    """``fn(shape)`` (``torch.rand``/``torch.randn``) from ``generator``, moved to ``device``."""
+    return to_device(fn(*shape, generator=generator, device=_draw_device(generator)), device)
 
 
 class Augmenter:
@@ -48,11 +65,12 @@ class Augmenter:
         g = generator
 
         def rand(*shape):
-            return torch.rand(*shape, generator=g).to(device)
+            return _draw(torch.rand, shape, g, device)
 
         angle = torch.zeros(n, device=device)
         if "rot90" in ops:
-            angle = angle + (torch.randint(0, 4, (n,), generator=g).to(device).float() * math.pi / 2)
+            quarter = to_device(torch.randint(0, 4, (n,), generator=g, device=_draw_device(g)), device)
+            angle = angle + quarter.float() * math.pi / 2
         if "rotate" in ops:
             on = (rand(n) < 0.5).float()
             angle = angle + on * (rand(n) * 2 - 1) * math.radians(self.cfg.rotate_degrees)
@@ -108,13 +126,13 @@ class Augmenter:
         mean = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
         std = x.std(dim=tuple(range(1, x.dim())), keepdim=True).clamp_min(1e-6)
         if "contrast" in self.cfg.strong:
-            c = 1 + (torch.rand(n, generator=g).to(dev) * 2 - 1) * self.cfg.contrast
+            c = 1 + (_draw(torch.rand, (n,), g, dev) * 2 - 1) * self.cfg.contrast
             out = (out - mean) * c.view(shape) + mean
         if "brightness" in self.cfg.strong:
-            b = (torch.rand(n, generator=g).to(dev) * 2 - 1) * self.cfg.brightness
+            b = (_draw(torch.rand, (n,), g, dev) * 2 - 1) * self.cfg.brightness
             out = out + b.view(shape) * std
         if "noise" in self.cfg.strong:
-            noise = torch.randn(x.shape, generator=g).to(dev) * self.cfg.noise_std
+            noise = _draw(torch.randn, tuple(x.shape), g, dev) * self.cfg.noise_std
             out = out + noise * std
         return out
 

@@ -22,11 +22,17 @@ def ema_momentum(base: float, step: int) -> float:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """theta_t <- m theta_t + (1 - m) theta_s, for parameters and floating-point buffers."""
-    for t, s in zip(teacher.parameters(), student.parameters()):
-        t.mul_(momentum).add_(s.detach(), alpha=1.0 - momentum)
+    """theta_t <- m theta_t + (1 - m) theta_s, for parameters and floating-point buffers.
+
+    Multi-tensor (``torch._foreach_*``) ops: a handful of kernel launches for the whole network
+    instead of two per tensor, with the same arithmetic as ``t.mul_(m).add_(s, alpha=1 - m)``."""
+    pairs = list(zip(teacher.parameters(), student.parameters()))
     for t, s in zip(teacher.buffers(), student.buffers()):
         if t.dtype.is_floating_point:
-            t.mul_(momentum).add_(s.detach(), alpha=1.0 - momentum)
+            pairs.append((t, s))
         else:
             t.copy_(s)
+    if pairs:
+        ts, ss = [t for t, _ in pairs], [s.detach() for _, s in pairs]
+        torch._foreach_mul_(ts, momentum)
+        torch._foreach_add_(ts, ss, alpha=1.0 - momentum)

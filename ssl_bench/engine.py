@@ -7,7 +7,8 @@ is written; ``fit(run)`` then trains stage by stage:
         SGD (lr 0.01, momentum 0.9, wd 1e-4) over method.trainable_parameters(), poly decay 0.9
         for each iteration: sample labeled + unlabeled slices -> augment -> method.training_step
             -> backward (AMP optional) -> step -> auxiliary optimisers -> EMA hook
-            -> log, resumable checkpoint, validation (final stage: best-on-val checkpoint)
+            -> log, resumable checkpoint, validation (final stage: best-on-val checkpoint);
+            losses are read back from the device only for these (ssl_bench/step.py)
     test the best-on-val and the last weights on the test split -> metrics.json, MLflow
 
 A run dir is resumable: a killed run restarts from ``checkpoints/latest.pt`` (stage, step,
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import random
 import shutil
@@ -34,11 +34,9 @@ from ssl_bench.cost import CostMeter, device_name
 from ssl_bench.datasets.base import DataError, Split, atomic_write_text
 from ssl_bench.registry import get_dataset_class, get_method_class
 from ssl_bench.runconfig import RunSpec, TrainConfig, config_hash, resolve, resolved_dict
+from ssl_bench.sampling import SlicePool, concat_pools, make_batch, place_pools  # noqa: F401  (re-exported)
 from ssl_bench.schedules import poly_lr
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+from ssl_bench.step import StepMonitor, StepRunner, TrainingDiverged, amp_settings, prepare_modules
 
 
 # -- roots -----------------------------------------------------------------------------------
@@ -95,70 +93,6 @@ def run_name(spec: RunSpec, resolved: dict) -> str:
     split = f" split{spec.split_seed}" if spec.split_seed else ""
     return (f"{spec.method} / {spec.dataset} / {spec.setting} / seed{spec.seed}{split} / "
             f"{spec.protocol}-v{resolved['protocol_version']}")
-
-
-# -- data sampling -----------------------------------------------------------------------------
-class SlicePool:
-    """Slices of some cases at training size, sampled uniformly with a seeded generator."""
-
-    def __init__(self, slice_set):
-        if isinstance(slice_set, tuple):
-            images, labels, case_index = slice_set[:3]
-            position = None
-        else:
-            images, labels = slice_set.images, slice_set.labels
-            case_index = slice_set.case_index
-            position = getattr(slice_set, "position", None)
-        self.images = images
-        self.labels = labels
-        self.case_index = np.asarray(case_index)
-        if position is None:  # relative z of each slice in its volume
-            position = np.zeros(len(self.case_index), np.float32)
-            for c in np.unique(self.case_index):
-                idx = np.nonzero(self.case_index == c)[0]
-                position[idx] = np.linspace(0, 1, len(idx)) if len(idx) > 1 else 0.0
-        self.position = np.asarray(position, np.float32)
-
-    def __len__(self):
-        return len(self.case_index)
-
-    def sample(self, n: int, g: torch.Generator):
-        idx = torch.randint(0, len(self), (n,), generator=g).numpy()
-        idx.sort()  # contiguous reads from memory-mapped caches
-        x = torch.from_numpy(np.asarray(self.images[idx], dtype=np.float32))[:, None]
-        y = torch.from_numpy(np.asarray(self.labels[idx]).astype(np.int64))
-        return x, y, torch.from_numpy(self.position[idx]), torch.from_numpy(self.case_index[idx].astype(np.int64))
-
-
-def _concat_slices(a, b):
-    """Concatenate two slice sets (UNet-F trains on labeled + unlabeled cases with labels)."""
-    pa, pb = SlicePool(a), SlicePool(b)
-    off = int(pa.case_index.max()) + 1 if len(pa) else 0
-    merged = SlicePool((np.concatenate([np.asarray(pa.images), np.asarray(pb.images)]),
-                        np.concatenate([np.asarray(pa.labels), np.asarray(pb.labels)]),
-                        np.concatenate([pa.case_index, pb.case_index + off])))
-    merged.position = np.concatenate([pa.position, pb.position])
-    return merged
-
-
-def make_batch(lb: SlicePool, ulb: SlicePool | None, cfg: TrainConfig, aug: Augmenter,
-               g: torch.Generator, device, need_unlabeled: bool):
-    from ssl_bench.methods.base import Batch
-
-    x_lb_raw, y_lb_raw, pos_lb, case_lb = lb.sample(cfg.labeled_bs, g)
-    x_lb, y_lb = aug.weak(x_lb_raw, y_lb_raw, g)
-    if need_unlabeled and ulb is not None and len(ulb):
-        x_u_raw, _, pos_u, case_u = ulb.sample(cfg.unlabeled_bs, g)  # labels of unlabeled are never used
-        case_u = case_u + 100_000  # distinct ids from labeled volumes
-    else:
-        x_u_raw = torch.zeros(0, 1, *x_lb_raw.shape[-2:])
-        pos_u = torch.zeros(0)
-        case_u = torch.zeros(0, dtype=torch.long)
-    x_w, x_s = aug.pair(x_u_raw, g)
-    t = lambda v: v.to(device, non_blocking=True)  # noqa: E731
-    return Batch(x_lb=t(x_lb), y_lb=t(y_lb), x_ulb=t(x_w), x_ulb_strong=t(x_s), x_ulb_raw=t(x_u_raw),
-                 x_lb_raw=t(x_lb_raw), y_lb_raw=t(y_lb_raw), pos_lb=t(pos_lb), pos_ulb=t(pos_u),
-                 case_lb=t(case_lb), case_ulb=t(case_u))
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -231,6 +165,8 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
         done = json.loads(metrics_path.read_text())
         if done.get("status") == "finished":
             return FitResult(run_dir, "finished", done, skipped=True)
+    device = pick_device(cfg.device)
+    amp_dtype, use_scaler = amp_settings(device, cfg.amp, cfg.amp_dtype)  # refused before any write
     if force and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -248,7 +184,6 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
         run.split.save(split_path)
     write_json(run_dir / "config.json", run.resolved)
 
-    device = pick_device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     seed_everything(spec.seed, cfg.deterministic)
@@ -267,7 +202,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
     lb_set = run.dataset.load_slices(run.split.labeled, size)
     ulb_set = None
     if method.fully_supervised:
-        lb_pool = _concat_slices(lb_set, run.dataset.load_slices(run.split.unlabeled, size))
+        lb_pool = concat_pools(lb_set, run.dataset.load_slices(run.split.unlabeled, size))
     else:
         lb_pool = SlicePool(lb_set)
     ulb_pool = None
@@ -281,6 +216,8 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
     batch_cfg = cfg
     if method.supervised_only and cfg.supervised_whole_batch:
         batch_cfg = dataclasses.replace(cfg, labeled_bs=cfg.labeled_bs + cfg.unlabeled_bs)
+    if cfg.sampling == "device":  # gather and augment batches where the networks run
+        place_pools([lb_pool, ulb_pool], device)
 
     tags = {
         "method": spec.method, "dataset": spec.dataset, "setting": spec.setting,
@@ -305,10 +242,8 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
                                   run_name(spec, run.resolved), tags, params)
     tracker.start()
 
-    amp = cfg.amp
-    use_scaler = amp and device.type == "cuda"
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    compiled = prepare_modules(method, cfg.channels_last, cfg.compile)
 
     g = torch.Generator().manual_seed(spec.seed)
     state = {"stage": 0, "step": 0, "best_val": -1.0, "best_step": None, "global_step": 0}
@@ -351,43 +286,39 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
             final_stage = si == len(stages) - 1
             method.train(True)
             bar = _progress(progress, console, f"{spec.method} [{stage.name}]", n_it, start)
-            last_terms: dict[str, float] = {}
             meter.start_stage(stage.name)
+            runner = StepRunner(method, opt, aux_opts, scaler, device, cfg.amp, amp_dtype, compiled, ctx.generator)
+            monitor = StepMonitor(run_dir / "checkpoints")
+            prefix = "train/" if len(stages) == 1 else f"train/{stage.name}/"
             for step in range(start, n_it):
                 lr = poly_lr(cfg.lr, step, n_it, cfg.poly_power)
                 for grp in opt.param_groups:
                     grp["lr"] = lr
                 batch = make_batch(lb_pool, ulb_pool, batch_cfg, aug, g, device, draw_unlabeled)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                    out = method.training_step(batch, step)
-                loss_val = float(out.loss.detach())
-                if not math.isfinite(loss_val):
-                    raise TrainingDiverged(
-                        f"loss became {loss_val} at stage {stage.name!r}, step {step} "
-                        f"(terms: {_fmt_terms(out.terms)}); lower --set lr=... or check the input data. "
-                        f"The run is marked failed; finished checkpoints in {run_dir / 'checkpoints'} are kept")
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(out.loss).backward(retain_graph=bool(out.aux_losses))
-                scaler.step(opt)
-                for k, aux_loss in out.aux_losses.items():
-                    o = aux_opts[k]
-                    o.zero_grad(set_to_none=True)
-                    scaler.scale(aux_loss).backward()
-                    scaler.step(o)
-                scaler.update()
-                method.after_optimizer_step(step)
+
+                def record(out, step=step):
+                    monitor.record(stage.name, step, out.loss, out.terms)
+                    if not cfg.lean:  # the reference path: read back and check before the update
+                        monitor.read()
+
+                runner(batch, step, record)
+                compiled = runner.compiled
                 state.update(stage=si, step=step + 1)
                 state["global_step"] += 1
-                last_terms = {"loss": loss_val, **{k: float(v) for k, v in out.terms.items()}, "lr": lr}
-                prefix = "train/" if len(stages) == 1 else f"train/{stage.name}/"
-                if step % cfg.log_every == 0 or step == n_it - 1:
-                    tracker.log_metrics({prefix + k: v for k, v in last_terms.items()}, state["global_step"])
-                if bar is not None:
-                    bar.advance(loss_val)
+                do_log = step % cfg.log_every == 0 or step == n_it - 1
                 do_val = final_stage and ((step + 1) % cfg.val_every == 0 or step == n_it - 1) and run.split.val
+                do_checkpoint = (step + 1) % cfg.checkpoint_every == 0 or step == n_it - 1
+                if do_log or do_val or do_checkpoint:  # the only host sync: read back, check
+                    values = monitor.read()
+                if do_log:
+                    tracker.log_metrics({prefix + k: v for k, v in {**values, "lr": lr}.items()},
+                                        state["global_step"])
+                if bar is not None:
+                    bar.advance(values["loss"] if do_log else None)
                 if do_val:
                     res = evaluate_cases(method.predictor(), run.dataset, run.split.val, size, device,
-                                         progress=False)
+                                         progress=False, batch_size=cfg.eval_batch_size,
+                                         workers=eval_workers(cfg))
                     method.train(True)
                     val_dice = float(res.summary["mean"]["dice"])
                     tracker.log_metrics({"val/dice/mean": val_dice}, state["global_step"])
@@ -398,7 +329,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
                                           run_dir / "checkpoints" / "best.pt")
                     if bar is not None:
                         bar.note(f"val dice {val_dice:.3f} (best {state['best_val']:.3f})")
-                if (step + 1) % cfg.checkpoint_every == 0 or step == n_it - 1:
+                if do_checkpoint:
                     nxt = dict(state, cost=meter.snapshot())
                     if step == n_it - 1:  # the next stage starts fresh
                         nxt.update(stage=si + 1, step=0)
@@ -432,16 +363,37 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
         raise
 
 
+def eval_workers(cfg: TrainConfig) -> int:
+    """Processes that score cases: ``eval_workers``, or one per core this run may use (its
+    ``threads`` when set: a sweep's one-thread jobs score serially, not on their neighbours' cores)."""
+    if cfg.eval_workers > 0:
+        return cfg.eval_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cfg.threads, cores) if cfg.threads > 0 else cores
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _test(run: PreparedRun, method, device, tracker, progress) -> dict:
+    """Score the best-on-val and the last weights on the test split; once when they are the same
+    weights (no validation, or the best was the last), the reports then written for both."""
     from ssl_bench.evaluate import evaluate_cases, mlflow_metrics, write_eval
 
+    cfg = run.train_cfg
     predictor = method.predictor()
     flat: dict[str, float] = {}
     out: dict[str, Any] = {"test": {}}
+    weights = {ckpt: torch.load(run.run_dir / "checkpoints" / f"{ckpt}.pt", map_location=device,
+                                weights_only=False)["predictor"] for ckpt in ("best", "last")}
+    out["best_is_last"] = same_weights(weights["best"], weights["last"])
+    res = None
     for ckpt in ("best", "last"):
-        state = torch.load(run.run_dir / "checkpoints" / f"{ckpt}.pt", map_location=device, weights_only=False)
-        predictor.load_state_dict(state["predictor"])
-        res = evaluate_cases(predictor, run.dataset, run.split.test, run.image_size, device, progress=progress)
+        if res is None or not out["best_is_last"]:
+            predictor.load_state_dict(weights[ckpt])
+            res = evaluate_cases(predictor, run.dataset, run.split.test, run.image_size, device, progress=progress,
+                                 batch_size=cfg.eval_batch_size, workers=eval_workers(cfg))
         write_eval(res, run.run_dir, f"test_{ckpt}")
         out["test"][ckpt] = res.summary
         flat.update(mlflow_metrics(res.summary, f"test/{ckpt}"))
@@ -468,10 +420,6 @@ def _save_latest(path, method, opt, aux_opts, scaler, g, ctx, state) -> None:
     }, path)
 
 
-def _fmt_terms(terms: dict) -> str:
-    return ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()) or "none"
-
-
 class _Bar:
     def __init__(self, console, desc, total, start):
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -484,8 +432,9 @@ class _Bar:
         self.task = self.progress.add_task(desc, total=total, completed=start, loss=float("nan"), note="")
         self.progress.start()
 
-    def advance(self, loss):
-        self.progress.update(self.task, advance=1, loss=loss)
+    def advance(self, loss=None):
+        """One step; the shown loss changes when the loop has read one back (``loss`` not None)."""
+        self.progress.update(self.task, advance=1, **({} if loss is None else {"loss": loss}))
 
     def note(self, text):
         self.progress.update(self.task, note=text)

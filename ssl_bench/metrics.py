@@ -5,7 +5,7 @@ Definitions (identical to ``medpy.metric.binary`` with ``connectivity=1``, check
 * surface of a mask = its voxels that an erosion with the 6-neighbourhood (face connectivity)
   removes; voxels on the volume border count as surface (the outside is background);
 * directed surface distances A -> B = for every surface voxel of A, the Euclidean distance to the
-  nearest surface voxel of B (exact distance transform, with the voxel spacing);
+  nearest surface voxel of B (exact nearest neighbour, with the voxel spacing);
 * ``dice`` = 2 |P & L| / (|P| + |L|), a fraction in [0, 1];
 * ``asd`` = mean of the directed distances prediction -> label. This is ``medpy.metric.binary.asd
   (pred, label)``, the "ASD" that SSL4MIS-derived code (ACTION, IPMI 2023, and the baselines of its
@@ -51,6 +51,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 RULE_BOTH_PRESENT = "both_present"
 RULE_BOTH_EMPTY = "both_empty"
@@ -91,36 +92,63 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=_FACE_NEIGHBOURS, iterations=1)
 
 
-def _directed_distances(from_surface: np.ndarray, to_surface: np.ndarray,
-                        spacing: Sequence[float]) -> np.ndarray:
-    """Distance from every voxel of ``from_surface`` to the nearest voxel of ``to_surface``."""
-    # the exact EDT measures the distance to the nearest zero, so the target surface is the zeros
-    dist = ndimage.distance_transform_edt(~to_surface, sampling=np.asarray(spacing, np.float64))
-    return dist[from_surface].astype(np.float64)
-
-
 def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
-    coords = np.nonzero(mask)
-    return tuple(slice(int(c.min()), int(c.max()) + 1) for c in coords)
+    """The smallest box holding every voxel of a non-empty ``mask``, from one projection per axis
+    (``np.nonzero`` on a 512 x 512 x 100 CT volume costs ten times more)."""
+    box = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=others))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def _directed_distances(from_points: np.ndarray, to_points: np.ndarray, to_surface: np.ndarray,
+                        spacing: Sequence[float]) -> np.ndarray:
+    """Distance from every point of ``from_points`` ((N, 3) voxel indices, C order) to the nearest
+    point of ``to_points`` (the voxels of the boolean mask ``to_surface``), with ``spacing``.
+
+    A k-d tree over the target points (coordinates scaled by the spacing) finds each nearest
+    point; the distance is then computed from the integer offset in the same order of floating
+    point operations as ``scipy.ndimage.distance_transform_edt`` (offset * spacing, squared,
+    summed over the axes in order, square root), the transform medpy uses, so the values are the
+    same. Points lying on the target surface are 0 without a query. On a LiTS-size liver this is
+    several times faster than the two distance transforms over the bounding box it replaces.
+    """
+    scale = np.asarray(spacing, np.float64)
+    dist = np.zeros(len(from_points), np.float64)
+    off_target = ~to_surface[tuple(from_points.T)]
+    if off_target.any():
+        query = from_points[off_target]
+        _, nearest = cKDTree(to_points * scale).query(query * scale)
+        offset = (to_points[nearest] - query).astype(np.float64) * scale
+        offset *= offset
+        dist[off_target] = np.sqrt((offset[:, 0] + offset[:, 1]) + offset[:, 2])
+    return dist
 
 
 def surface_distance_metrics(pred: np.ndarray, label: np.ndarray,
-                             spacing: Sequence[float]) -> dict[str, float]:
-    """ASD (pred -> label), ASSD and HD95 of two non-empty boolean masks, in the unit of ``spacing``."""
+                             spacings: dict[str, Sequence[float]]) -> dict[str, dict[str, float]]:
+    """ASD (pred -> label), ASSD and HD95 of two non-empty boolean masks, for every unit of
+    ``spacings`` (unit name -> (z, y, x) spacing): ``{unit: {"asd", "assd", "hd95"}}``.
+
+    The surfaces are found once and serve every unit.
+    """
     # Crop to the bounding box of both masks: every surface voxel lies inside it, the voxels cut
     # away are background in both masks (so erosion at the crop edge is the same as in the full
-    # volume) and the EDT only measures distances to surface voxels, all kept. Results are
+    # volume) and distances are only measured between surface voxels, all kept. Results are
     # identical to the uncropped computation and far cheaper on large CT volumes.
     box = _bounding_box(pred | label)
     pred_surface, label_surface = _surface(pred[box]), _surface(label[box])
-    pred_to_label = _directed_distances(pred_surface, label_surface, spacing)
-    label_to_pred = _directed_distances(label_surface, pred_surface, spacing)
-    both_ways = np.hstack((pred_to_label, label_to_pred))
-    return {
-        "asd": float(pred_to_label.mean()),
-        "assd": float(both_ways.mean()),
-        "hd95": float(np.percentile(both_ways, 95)),
-    }
+    pred_points, label_points = np.argwhere(pred_surface), np.argwhere(label_surface)
+    out = {}
+    for unit, spacing in spacings.items():
+        pred_to_label = _directed_distances(pred_points, label_points, label_surface, spacing)
+        label_to_pred = _directed_distances(label_points, pred_points, pred_surface, spacing)
+        both_ways = np.hstack((pred_to_label, label_to_pred))
+        out[unit] = {"asd": float(pred_to_label.mean()), "assd": float(both_ways.mean()),
+                     "hd95": float(np.percentile(both_ways, 95))}
+    return out
 
 
 def dice_coefficient(pred: np.ndarray, label: np.ndarray) -> float:
@@ -171,13 +199,14 @@ def case_metrics(pred: np.ndarray, label: np.ndarray, class_names: Sequence[str]
         n_pred, n_label = int(np.count_nonzero(p)), int(np.count_nonzero(lab))
         row: dict = {"rule": _rule(n_pred, n_label), "pred_voxels": n_pred, "label_voxels": n_label,
                      "dice": dice_coefficient(p, lab)}
-        for unit, unit_spacing in units.items():
-            if row["rule"] == RULE_BOTH_PRESENT:
-                values = surface_distance_metrics(p, lab, unit_spacing)
-            elif row["rule"] == RULE_BOTH_EMPTY:
-                values = dict.fromkeys(_DISTANCES, math.nan)
-            else:
-                values = dict.fromkeys(_DISTANCES, volume_diagonal(pred.shape, unit_spacing))
+        if row["rule"] == RULE_BOTH_PRESENT:
+            per_unit = surface_distance_metrics(p, lab, units)
+        elif row["rule"] == RULE_BOTH_EMPTY:
+            per_unit = {unit: dict.fromkeys(_DISTANCES, math.nan) for unit in units}
+        else:
+            per_unit = {unit: dict.fromkeys(_DISTANCES, volume_diagonal(pred.shape, sp))
+                        for unit, sp in units.items()}
+        for unit, values in per_unit.items():
             for metric, value in values.items():
                 row[f"{metric}_{unit}"] = float(value)
         classes[name] = {k: row[k] for k in ("rule", "pred_voxels", "label_voxels", *METRICS)}

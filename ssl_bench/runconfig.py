@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ssl_bench.augment import AugmentConfig
 from ssl_bench.config import ConfigError, apply_overrides, to_dict
@@ -64,6 +64,13 @@ class TrainConfig:
     # slices, as SSL4MIS's fully supervised script does (protocol `field`)
     supervised_whole_batch: bool = False
     report_checkpoint: str = "best"  # the test checkpoint tables report for this run: best | last
+    # -- speed (issue 11; ssl_bench/step.py, ssl_bench/sampling.py, ssl_bench/evaluate.py) --
+    lean: bool = True  # read losses back on the log cadence only; false: every step (reference)
+    sampling: Literal["device", "host"] = "device"  # where batches are gathered and augmented
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # with amp=true; float16 adds a scaler
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the networks; falls back with a warning where it fails
+    eval_workers: int = 0  # processes scoring test cases; 0 = one per core the run may use
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     rampup: RampConfig = field(default_factory=RampConfig)
 

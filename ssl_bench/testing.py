@@ -3,7 +3,7 @@
 ``tiny_setup(name)`` builds a method on a tiny context and batch; ``run_contract(...)`` checks,
 for every stage of the method, the contract every method must honour: a finite loss, a gradient
 for every trainable parameter, a differentiable unlabeled term, teachers without gradients that
-move by EMA.
+move by EMA, logged terms that are numbers or detached scalar tensors.
 """
 from __future__ import annotations
 
@@ -62,6 +62,12 @@ def check_stage(method, batch, step: int | None = None) -> dict:
         m.zero_grad(set_to_none=True)
     out = method.training_step(batch, step)
     assert torch.isfinite(out.loss).all(), f"stage {method.stage}: non-finite loss {out.loss}"
+    for key, value in out.terms.items():  # the loop keeps terms for log_every steps: no graphs
+        if torch.is_tensor(value):
+            assert not value.requires_grad and value.numel() == 1, \
+                f"stage {method.stage}: term {key!r} must be a detached scalar tensor (use .detach())"
+        else:
+            assert isinstance(value, (int, float)), f"stage {method.stage}: term {key!r} is a {type(value).__name__}"
     unsup_grad = None
     if out.unsup is not None:
         assert out.unsup.requires_grad, f"stage {method.stage}: unsupervised term is not differentiable"

@@ -89,7 +89,10 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
 
 
-def test_non_finite_loss_fails_the_run_and_keeps_checkpoints(tmp_path, monkeypatch):
+@pytest.mark.parametrize("log_every", ["1", "5"])  # a read-back every step / between two logs
+def test_non_finite_loss_fails_the_run_and_keeps_checkpoints(tmp_path, monkeypatch, log_every):
+    """The lean loop reads losses back on the log cadence and before every checkpoint: the NaN of
+    step 3 is named, and the checkpoint due after it is never written from its weights."""
     from ssl_bench.methods.mt import MeanTeacher
 
     original = MeanTeacher.training_step
@@ -101,12 +104,14 @@ def test_non_finite_loss_fails_the_run_and_keeps_checkpoints(tmp_path, monkeypat
         return out
 
     monkeypatch.setattr(MeanTeacher, "training_step", nan_at_3)
-    run = _prepare(tmp_path)
-    with pytest.raises(engine.TrainingDiverged, match="stage 'train', step 3"):
+    run = _prepare(tmp_path, log_every=log_every, val_every="100")
+    with pytest.raises(engine.TrainingDiverged, match=r"loss became nan at stage 'train', step 3 \(terms: sup="):
         engine.fit(run, progress=False)
     failure = json.loads((run.run_dir / "failure.json").read_text())
     assert failure["status"] == "failed"
-    assert (run.run_dir / "checkpoints" / "latest.pt").exists()
+    latest = torch.load(run.run_dir / "checkpoints" / "latest.pt", weights_only=False)
+    assert latest["state"]["step"] == 2  # written after step 1; the read before step 3's save raised
+    assert all(torch.isfinite(t.float()).all() for t in latest["modules"]["student"].values())
     assert not (run.run_dir / "metrics.json").exists()
     assert json.loads((run.run_dir / "tags.json").read_text())["method"] == "mt"
 
@@ -196,3 +201,42 @@ def test_rampup_override_reaches_the_method(tmp_path):
     assert own == pytest.approx(math.exp(-5 * (1 - 0.5) ** 2)) and short == pytest.approx(1.0)
     with pytest.raises(Exception, match="rampup"):
         RampConfig(delay=2.0)
+
+
+def _spy_evaluations(monkeypatch, val_dice=None):
+    """Record the case lists evaluate_cases is called with; validation dice from ``val_dice``."""
+    from ssl_bench import evaluate
+
+    calls, original = [], evaluate.evaluate_cases
+    run_split: dict = {}  # the caller sets "test"
+
+    def spy(predictor, dataset, case_ids, *args, **kwargs):
+        calls.append(list(case_ids))
+        res = original(predictor, dataset, case_ids, *args, **kwargs)
+        if val_dice is not None and list(case_ids) != list(run_split["test"]):
+            res.summary["mean"]["dice"] = val_dice.pop(0)
+        return res
+
+    monkeypatch.setattr(evaluate, "evaluate_cases", spy)
+    return calls, run_split
+
+
+def test_best_and_last_are_scored_once_when_they_are_the_same_weights(tmp_path, monkeypatch):
+    calls, split = _spy_evaluations(monkeypatch)
+    run = _prepare(tmp_path, val_every="100")  # one validation, at the last step: best = last
+    split["test"] = run.split.test
+    res = engine.fit(run, progress=False)
+    assert res.metrics["best_is_last"] is True
+    assert calls.count(list(run.split.test)) == 1
+    d = res.run_dir
+    assert (d / "test_best_per_case.csv").read_text() == (d / "test_last_per_case.csv").read_text()
+    assert res.metrics["test"]["best"] == res.metrics["test"]["last"]
+
+
+def test_best_and_last_are_scored_apart_when_they_differ(tmp_path, monkeypatch):
+    calls, split = _spy_evaluations(monkeypatch, val_dice=[0.9, 0.1])  # the best is step 3's
+    run = _prepare(tmp_path)
+    split["test"] = run.split.test
+    res = engine.fit(run, progress=False)
+    assert res.metrics["best_is_last"] is False and res.metrics["best_step"] == 3
+    assert calls.count(list(run.split.test)) == 2

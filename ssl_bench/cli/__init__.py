@@ -2,7 +2,8 @@
 
     ssl-bench run --method action --dataset lits --ratio 0.05
     ssl-bench table --dataset acdc-phantom --with-published
-    ssl-bench methods | datasets | data prepare/info | bench anco/steps | sweep [status] | results rebuild | ui
+    ssl-bench methods | datasets | protocols | data prepare/info | bench [steps|eval|reference-mt|anco|card]
+    ssl-bench sweep [status] | reproduce tableN | results rebuild | ui
 
 Every bad input (unknown method or dataset, ratio out of range, missing data, unknown --set key)
 ends with one line naming the problem and the fix, a non-zero exit, and nothing written.

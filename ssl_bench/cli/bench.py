@@ -1,29 +1,170 @@
-"""``ssl-bench bench ...``: micro-benchmarks (mounted by the main CLI as the ``bench`` group)."""
+"""``ssl-bench bench ...``: speed and memory benchmarks (the ``ssl_bench.bench`` package).
+
+``ssl-bench bench`` alone runs ``steps``, ``reference-mt`` and ``eval`` at the device's default
+size (CPU: 64 px, 6 + 6 slices; CUDA: the field's 256 px, 12 + 12) into ``results/bench/``.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
 from ssl_bench.cli.common import console, fail, user_errors
 
-bench_app = typer.Typer(help="Micro-benchmarks of method components.", no_args_is_help=True)
+bench_app = typer.Typer(help="Speed and memory benchmarks, written to results/bench/.", invoke_without_command=True)
+
+OUT = typer.Option(Path("results/bench"), "--out-dir", help="where the reports go")
+DEVICE = typer.Option("cpu", "--device", help="cpu or cuda")
+THREADS = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)")
+
+
+def _defaults(device: str, image_size: int, labeled_bs: int, unlabeled_bs: int) -> tuple[int, int, int]:
+    """0 = the device's default: the field's 256 px, 12 + 12 on a GPU; 64 px, 6 + 6 on a CPU."""
+    gpu = device.startswith("cuda")
+    return (image_size or (256 if gpu else 64), labeled_bs or (12 if gpu else 6),
+            unlabeled_bs or (12 if gpu else 6))
+
+
+def _threads(n: int) -> None:
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _steps_table(rows: list[dict]) -> Table:
+    table = Table(title="step time per method and stage (ratio: to UNet-L at equal images per step)")
+    for col in ("method", "stage", "median s/step", "ratio to UNet-L", "peak MiB"):
+        table.add_column(col, justify="left" if col in ("method", "stage") else "right")
+    for r in rows:
+        mem = r.get("peak_mem_mb")
+        table.add_row(r["method"], r["stage"], f"{r['median_step_s']:.4f}", f"{r['ratio_to_unet_l']:.2f}",
+                      "n/a" if mem is None else f"{mem:.0f}")
+    return table
 
 
 @bench_app.callback()
-def _group() -> None:
-    """Micro-benchmarks of method components."""  # a callback keeps `anco` a named sub-command
+def bench_all(ctx: typer.Context, device: str = DEVICE, out_dir: Path = OUT, threads: int = THREADS) -> None:
+    """Without a sub-command: steps, reference-mt and eval at the device's default size."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ssl_bench.bench import eval as bench_eval, reference_mt, steps
+
+    size, lb, ub = _defaults(device, 0, 0, 0)
+    _threads(threads)
+    try:
+        rep = steps.run(None, steps.Setting(size, lb, ub, device=device), out_dir=out_dir, threads=threads,
+                        progress=lambda r: console.print(f"{r['method']:>8} {r['stage']:>9}: "
+                                                         f"{r['ratio_to_unet_l']:.2f} x UNet-L"))
+        console.print(_steps_table(rep["rows"]))
+        ref = reference_mt.run(size, lb, ub, device, out_dir=out_dir)
+        ev = bench_eval.run(device=device, image_size=size, out_dir=out_dir)
+    except user_errors() as exc:
+        fail(str(exc))
+    console.print(f"ssl-bench MT step: {ref['speedup']:.2f} x faster than the plain reference; surface metrics "
+                  f"{ev['surface_metrics']['speedup']:.1f} x faster than medpy "
+                  f"({'identical' if ev['surface_metrics']['identical'] else 'NOT identical'} values)")
+    console.print(f"written to {rep['csv']}, {rep['md']} and the *_reference_mt / *_eval reports beside them")
+
+
+@bench_app.command("steps")
+def bench_steps(
+    method: list[str] = typer.Option([], "--method", help="methods to time (default: all)"),
+    image_size: int = typer.Option(0, help="slice side in pixels (0: 64 on a CPU, 256 on a GPU)"),
+    labeled_bs: int = typer.Option(0, help="labeled slices per step (0: 6 on a CPU, 12 on a GPU)"),
+    unlabeled_bs: int = typer.Option(0, help="unlabeled slices per step (0: as labeled_bs's default)"),
+    amp: bool = typer.Option(False, "--amp", help="bf16 autocast"),
+    channels_last: bool = typer.Option(False, "--channels-last", help="channels-last networks"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the networks"),
+    steps: int = typer.Option(10, help="timed steps per method and stage (as many for UNet-L)"),
+    warmup: int = typer.Option(2, help="untimed steps first"),
+    device: str = DEVICE, out_dir: Path = OUT, threads: int = THREADS,
+):
+    """Median step time, peak memory and ratio to UNet-L of every method and stage -> <device>.csv/.md."""
+    from ssl_bench.bench import steps as bench
+
+    size, lb, ub = _defaults(device, image_size, labeled_bs, unlabeled_bs)
+    _threads(threads)
+    try:
+        rep = bench.run(method or None, bench.Setting(size, lb, ub, amp, channels_last, compile, device),
+                        steps=steps, warmup=warmup, out_dir=out_dir, threads=threads)
+    except user_errors() as exc:
+        fail(str(exc))
+    console.print(_steps_table(rep["rows"]))
+    console.print(f"written to {rep['csv']} and {rep['md']}")
+
+
+@bench_app.command("reference-mt")
+def bench_reference_mt(
+    image_size: int = typer.Option(0, help="slice side in pixels (0: 64 on a CPU, 256 on a GPU)"),
+    labeled_bs: int = typer.Option(0, help="labeled slices per step (0: device default)"),
+    unlabeled_bs: int = typer.Option(0, help="unlabeled slices per step (0: device default)"),
+    steps: int = typer.Option(10, help="timed steps of each"), warmup: int = typer.Option(2, help="untimed steps first"),
+    workers: int = typer.Option(0, help="the reference's data-loader processes (SSL4MIS: 4)"),
+    amp: bool = typer.Option(False, "--amp", help="ssl-bench's step in bf16 autocast"),
+    channels_last: bool = typer.Option(False, "--channels-last", help="ssl-bench's networks channels-last"),
+    device: str = DEVICE, out_dir: Path = OUT, threads: int = THREADS,
+):
+    """The plain reference Mean Teacher step (SSL4MIS's recipe) vs ssl-bench's, side by side."""
+    from ssl_bench.bench import reference_mt
+
+    size, lb, ub = _defaults(device, image_size, labeled_bs, unlabeled_bs)
+    _threads(threads)
+    try:
+        rep = reference_mt.run(size, lb, ub, device, steps=steps, warmup=warmup, workers=workers, amp=amp,
+                               channels_last=channels_last, out_dir=out_dir)
+    except user_errors() as exc:
+        fail(str(exc))
+    console.print(f"plain reference {rep['reference_median_s']:.4f} s/step, ssl-bench MT {rep['ssl_bench_median_s']:.4f} "
+                  f"s/step: {rep['speedup']:.2f} x; written to {out_dir}/{rep['device']}_reference_mt.md")
+
+
+def _shape(text: str, name: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3:
+        raise typer.BadParameter(f"{name} {text!r}: give depth,height,width, e.g. 100,512,512")
+    return shape
+
+
+@bench_app.command("eval")
+def bench_eval_command(
+    volume: str = typer.Option("100,512,512", help="the LiTS-size case for the metrics vs medpy (z,y,x)"),
+    repeats: int = typer.Option(3, help="runs of ssl-bench's metrics (medpy runs once)"),
+    cases: int = typer.Option(8, help="cases of the synthetic test set"),
+    case_shape: str = typer.Option("10,256,216", help="shape of each test case (z,y,x)"),
+    image_size: int = typer.Option(0, help="inference size (0: 64 on a CPU, 256 on a GPU)"),
+    workers: int = typer.Option(0, help="metric processes (0: one per core, at most one per case)"),
+    device: str = DEVICE, out_dir: Path = OUT, threads: int = THREADS,
+):
+    """Surface metrics vs medpy (values and time) and the time to score a test set."""
+    from ssl_bench.bench import eval as bench_eval
+
+    size = _defaults(device, image_size, 0, 0)[0]
+    _threads(threads)
+    try:
+        rep = bench_eval.run(_shape(volume, "--volume"), repeats, cases, _shape(case_shape, "--case-shape"), size,
+                             device, workers, out_dir)
+    except user_errors() as exc:
+        fail(str(exc))
+    s = rep["surface_metrics"]
+    console.print(f"surface metrics: medpy {s['medpy_s']:.2f} s, ssl-bench {s['ssl_bench_s']:.3f} s: "
+                  f"{s['speedup']:.1f} x, largest difference {s['max_abs_difference']:.3g}; "
+                  f"written to {out_dir}/{rep['device']}_eval.md")
 
 
 @bench_app.command("anco")
 def anco(image_size: int = typer.Option(256, help="slice side in pixels"),
          batch_size: int = typer.Option(6, help="labeled slices per step (as many unlabeled)"),
          steps: int = typer.Option(4, help="timed steps per variant (the first is not counted)"),
-         device: str = typer.Option("cpu", help="cpu or cuda"),
+         device: str = DEVICE,
          out_dir: Path = typer.Option(Path("results/bench"), help="where anco_<device>.json/.md go"),
-         threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)")) -> None:
+         threads: int = THREADS) -> None:
     """Peak memory and time of an ACTION stage-iii step with AnCo vs without it."""
-    from ssl_bench.bench_anco import run
+    from ssl_bench.bench.anco import run
 
     try:
         rep = run(image_size=image_size, batch_size=batch_size, steps=steps, device=device,
@@ -36,24 +177,29 @@ def anco(image_size: int = typer.Option(256, help="slice side in pixels"),
                f"written to {out_dir}/anco_{device.split(':')[0]}.md")
 
 
-@bench_app.command("steps")
-def bench_steps(
-    method: list[str] = typer.Option([], "--method", help="methods to time (default: all)"),
-    image_size: int = typer.Option(112, help="slice side in pixels"),
-    labeled_bs: int = typer.Option(12, help="labeled slices per iteration"),
-    unlabeled_bs: int = typer.Option(12, help="unlabeled slices per iteration"),
-    steps: int = typer.Option(3, help="timed iterations per stage (after one warm-up)"),
-    device: str = typer.Option("cpu", help="cpu or cuda"),
-    out_dir: Path = typer.Option(Path("results/bench"), help="where steps_<device>_<size>px.json/.md go"),
+@bench_app.command("card")
+def card(
+    out_dir: Path = typer.Option(..., "--out-dir", help="the one folder for everything, e.g. results/bench/nvidia-h200"),
+    image_size: int = typer.Option(256, help="slice side (the field's 256)"),
+    labeled_bs: int = typer.Option(12, help="labeled slices per step (the field's 12)"),
+    unlabeled_bs: int = typer.Option(12, help="unlabeled slices per step (the field's 12)"),
+    iterations: int = typer.Option(3000, help="iterations of the UNet-L and MT training runs"),
+    method: list[str] = typer.Option([], "--method", help="methods for the step tables (default: all)"),
+    compile_method: list[str] = typer.Option(["unet-l", "mt", "cps", "action"], "--compile-method",
+                                             help="methods also timed with torch.compile"),
+    steps: int = typer.Option(20, help="timed steps per method and stage"), warmup: int = typer.Option(5),
+    workers: int = typer.Option(4, help="the reference MT's loader processes"),
+    volume: str = typer.Option("100,512,512", help="the case for metrics vs medpy"),
+    cases: int = typer.Option(8), case_shape: str = typer.Option("10,256,216"),
+    device: str = typer.Option("cuda", "--device"),
 ):
-    """Seconds per training iteration of every method (each stage, budget-weighted)."""
-    from ssl_bench.bench_steps import run as run_steps
-
-    def show(r):
-        console.print(f"{r['method']:>10}: {r['seconds_per_step']:.3f} s/iteration")
+    """Everything at the field's configuration on this device, into one folder (run once on a GPU)."""
+    from ssl_bench.bench.card import run
 
     try:
-        run_steps(method or None, image_size, labeled_bs, unlabeled_bs, steps, 1, device, out_dir, show)
+        rep = run(out_dir, image_size, labeled_bs, unlabeled_bs, iterations, device, method or None,
+                  tuple(compile_method), steps, warmup, workers, _shape(volume, "--volume"), cases,
+                  _shape(case_shape, "--case-shape"), progress=console.print)
     except user_errors() as exc:
         fail(str(exc))
-    console.print(f"written to {out_dir}/steps_{device.split(':')[0]}_{image_size}px.md")
+    console.print(f"card of {rep['device']} written to {out_dir}/card.md")

@@ -166,7 +166,7 @@ def _in_subprocess(mode: str, **kwargs) -> dict:
     # size then follows the live tensors instead of glibc's heap high-water mark
     # (memory runs only: it slows allocation down, so time runs keep the default allocator)
     env = {**os.environ, **({"MALLOC_MMAP_THRESHOLD_": "65536"} if mode == "memory" else {})}
-    proc = subprocess.run([sys.executable, "-P", "-m", "ssl_bench.bench_anco", json.dumps({"mode": mode, **kwargs})],
+    proc = subprocess.run([sys.executable, "-P", "-m", "ssl_bench.bench.anco", json.dumps({"mode": mode, **kwargs})],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"bench worker ({mode} {kwargs}) failed:\n{proc.stderr[-3000:]}")
@@ -248,7 +248,7 @@ def run(image_size: int = 256, batch_size: int = 6, steps: int = 4, device: str 
     return report
 
 
-if __name__ == "__main__":  # worker: python -P -m ssl_bench.bench_anco '{"mode": "memory", ...}'
+if __name__ == "__main__":  # worker: python -P -m ssl_bench.bench.anco '{"mode": "memory", ...}'
     _args = json.loads(sys.argv[1])
     _worker = {"memory": _memory_worker, "time": _time_worker}[_args.pop("mode")]
     print(json.dumps(_worker(**_args)))

@@ -1,0 +1,180 @@
+"""The lean step (ssl_bench/step.py, ssl_bench/sampling.py): same losses and weights as the
+reference loop, divergence still caught and named, compile falling back, options checked."""
+import json
+import math
+
+import pytest
+import torch
+
+from ssl_bench import engine, step as step_mod
+from ssl_bench.runconfig import RunSpec
+from ssl_bench.step import StepMonitor, TrainingDiverged
+
+FAST = {"iterations": "6", "labeled_bs": "2", "unlabeled_bs": "2", "val_every": "3",
+        "checkpoint_every": "2", "log_every": "2", "eval_batch_size": "4", "eval_workers": "1"}
+#: the loop before issue 11: a read-back every step, batches gathered and augmented on the CPU
+REFERENCE = {"lean": "false", "sampling": "host"}
+
+
+def _fit(tmp_path, method="mt", **extra):
+    spec = RunSpec(method=method, dataset="tiny-test", labeled=2, seed=0, overrides={**FAST, **extra})
+    run = engine.prepare(spec, tmp_path / "data", tmp_path / "results")
+    return run, engine.fit(run, progress=False)
+
+
+def _logged(run_dir):
+    """log.jsonl without wall times (they differ from run to run)."""
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["metrics"] = {k: v for k, v in r["metrics"].items() if not k.startswith("time/")}
+    return [r for r in rows if r["metrics"]]
+
+
+def _weights(run_dir, name="last"):
+    return torch.load(run_dir / "checkpoints" / f"{name}.pt", weights_only=False)["predictor"]
+
+
+@pytest.mark.parametrize("method", ["mt", "dan", "gcl"])  # plain, an auxiliary optimiser, three stages
+def test_lean_step_gives_the_reference_losses_and_weights(tmp_path, method):
+    _, lean = _fit(tmp_path / "lean", method)
+    _, ref = _fit(tmp_path / "ref", method, **REFERENCE)
+    a, b = _logged(lean.run_dir), _logged(ref.run_dir)
+    assert [x["step"] for x in a] == [x["step"] for x in b]
+    assert [x["metrics"] for x in a] == [x["metrics"] for x in b]  # identical numbers, same steps
+    assert any(k.endswith("/loss") for x in a for k in x["metrics"])
+    wa, wb = _weights(lean.run_dir), _weights(ref.run_dir)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert lean.metrics["flat"] == ref.metrics["flat"]
+
+
+def test_losses_are_logged_on_the_cadence_with_the_steps_own_values(tmp_path):
+    _, res = _fit(tmp_path, iterations="7", log_every="3")
+    train = [x for x in _logged(res.run_dir) if "train/loss" in x["metrics"]]
+    assert [x["step"] for x in train] == [1, 4, 7]  # steps 0, 3 and the last (6), counted from 1
+    for x in train:
+        m = x["metrics"]
+        assert set(m) == {"train/loss", "train/sup", "train/consistency", "train/w_cons", "train/lr"}
+        assert all(isinstance(v, float) and math.isfinite(v) for v in m.values())
+
+
+def test_monitor_reads_back_the_last_step_and_names_the_first_bad_one():
+    mon = StepMonitor("ckpts")
+    assert mon.read() == {}
+    mon.record("train", 0, torch.tensor(1.5), {"sup": torch.tensor(0.5), "w": 0.1})
+    mon.record("train", 1, torch.tensor(2.5, requires_grad=True) * 1, {"sup": torch.tensor(0.25), "w": 0.2})
+    assert mon.read() == {"loss": 2.5, "sup": 0.25, "w": 0.2}
+    assert mon.read() == {"loss": 2.5, "sup": 0.25, "w": 0.2}  # nothing new: the last values
+    mon.record("ii", 7, torch.tensor(1.0), {})
+    mon.record("ii", 8, torch.tensor(float("inf")), {"sup": torch.tensor(3.0)})
+    mon.record("ii", 9, torch.tensor(float("nan")), {})
+    with pytest.raises(TrainingDiverged, match=r"loss became inf at stage 'ii', step 8 \(terms: sup=3\)"):
+        mon.read()
+
+
+def test_monitor_keeps_one_record_per_step_when_a_step_is_rerun():
+    mon = StepMonitor("ckpts")
+    mon.record("train", 4, torch.tensor(float("nan")), {})  # the failed compiled attempt
+    mon.record("train", 4, torch.tensor(0.75), {})  # its rerun
+    assert mon.read() == {"loss": 0.75}
+
+
+def _failing_backend(gm, example_inputs):
+    raise RuntimeError("no compiler here")
+
+
+def test_compile_failure_warns_rolls_back_and_trains_like_eager(tmp_path, monkeypatch):
+    monkeypatch.setattr(step_mod, "COMPILE_BACKEND", _failing_backend)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed in the first step"):
+        _, compiled = _fit(tmp_path / "c", compile="true")
+    _, eager = _fit(tmp_path / "e")
+    assert compiled.status == "finished"
+    # the failed first step was rolled back (weights, optimiser, RNG): training is the eager one
+    assert [x["metrics"] for x in _logged(compiled.run_dir)] == [x["metrics"] for x in _logged(eager.run_dir)]
+    wc, we = _weights(compiled.run_dir), _weights(eager.run_dir)
+    assert all(torch.equal(wc[k], we[k]) for k in wc)
+
+
+def test_compiled_step_runs_compiled_and_matches_eager(monkeypatch):
+    """With the ``eager`` backend (dynamo traces the network, no code generation) the step runs
+    through the compiled call and computes what the plain step computes."""
+    import warnings
+
+    from ssl_bench.testing import tiny_setup
+
+    monkeypatch.setattr(step_mod, "COMPILE_BACKEND", "eager")
+    losses = []
+    for compile_ in (True, False):
+        method, batch = tiny_setup("unet-l", size=32, seed=3)
+        method.train(True)
+        assert step_mod.prepare_modules(method, channels_last=False, compile=compile_) is compile_
+        opt = torch.optim.SGD(method.trainable_parameters(), lr=0.01)
+        scaler = torch.amp.GradScaler("cuda", enabled=False)
+        runner = step_mod.StepRunner(method, opt, {}, scaler, torch.device("cpu"), False, torch.bfloat16,
+                                     compiled=compile_)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # no fallback
+            torch.manual_seed(0)
+            losses.append([float(runner(batch, s).loss.detach()) for s in range(2)])
+        assert runner.compiled is compile_
+        assert (method.student._compiled_call_impl is not None) is compile_
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_channels_last_networks_compute_the_same_and_a_run_finishes(tmp_path):
+    """Channels-last changes the memory layout only: the same outputs up to the rounding of other
+    convolution kernels (in eval mode: dropout draws its masks in memory order, so training
+    steps draw other masks from the same distribution)."""
+    import copy
+
+    from ssl_bench.testing import tiny_setup
+
+    method, batch = tiny_setup("mt", size=32)
+    plain = copy.deepcopy(method.student).eval()
+    step_mod.prepare_modules(method, channels_last=True, compile=False)
+    cl = method.student.eval()
+    assert cl.encoder.levels[0].body[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(cl(batch.x_lb), plain(batch.x_lb), atol=1e-5)
+    _, res = _fit(tmp_path, channels_last="true")
+    assert res.status == "finished"
+    assert all(math.isfinite(v) for r in _logged(res.run_dir) for v in r["metrics"].values())
+
+
+def test_amp_float16_on_a_cpu_is_refused_with_the_fix_before_any_write(tmp_path):
+    with pytest.raises(ValueError, match="amp_dtype=float16 needs a CUDA device; use amp_dtype=bfloat16"):
+        _fit(tmp_path, amp="true", amp_dtype="float16", device="cpu")
+    assert not (tmp_path / "results").exists()
+
+
+def test_unknown_sampling_is_a_config_error(tmp_path):
+    from ssl_bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="sampling"):
+        _fit(tmp_path, sampling="gpu")
+
+
+def test_multi_tensor_ema_is_the_per_tensor_update_bit_for_bit():
+    """ssl_bench.ema.ema_update (foreach ops) against the plain loop, parameters and buffers."""
+    import copy
+
+    from ssl_bench.ema import ema_update
+    from ssl_bench.nets import create_backbone
+
+    torch.manual_seed(0)
+    student = create_backbone("unet", 1, 4)
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+        for b in student.buffers():
+            b.add_(1) if b.dtype.is_floating_point else b.fill_(7)  # running stats and step counts
+    expected = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for t, s in zip(list(expected.parameters()) + list(expected.buffers()),
+                        list(student.parameters()) + list(student.buffers())):
+            t.mul_(0.99).add_(s, alpha=0.01) if t.dtype.is_floating_point else t.copy_(s)
+    ema_update(teacher, student, 0.99)
+    for (name, a), b in zip(teacher.state_dict().items(), expected.state_dict().values()):
+        assert torch.equal(a, b), name
