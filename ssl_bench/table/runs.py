@@ -107,8 +107,23 @@ def select_runs(df: pd.DataFrame, dataset: str | None = None, methods: Sequence[
     if protocol:
         df = df[(df["protocol"] == protocol) | (df["protocol_tag"] == protocol)]
     df.loc[(df["method"] == ABLATION_METHOD) & (df["augment"] == ""), "augment"] = DEFAULT_AUGMENT
+    df = _split_settings(df)
     keys = ["protocol_tag", "method", "dataset", "setting", "ablation", "augment", "seed", "split_seed"]
     return df.sort_values("end_time").groupby(keys, sort=False).tail(1)
+
+
+def _split_settings(df: pd.DataFrame) -> pd.DataFrame:
+    """A run whose labeled patients were drawn by another split than its dataset's default (ACDC
+    with ``--split random``) is a setting of its own, "3 labeled (random split)": the field's fixed
+    patients and drawn ones never share a cell."""
+    if "split" not in df or not len(df):
+        return df
+    default = {name: getattr(_dataset_class(name), "default_split", "") for name in df["dataset"].unique()}
+    split = df["split"].fillna("").astype(str)
+    known = df["dataset"].map(default).fillna("")
+    other = (split != "") & (known != "") & (split != known)  # a dataset not installed here: left alone
+    df.loc[other, "setting"] = df.loc[other, "setting"] + " (" + split[other] + " split)"
+    return df
 
 
 def is_main_variant(row: pd.Series) -> bool:
