@@ -70,16 +70,26 @@ def read_case_csv(path: Path) -> pd.DataFrame:
     return pd.concat([df, mean], ignore_index=True)
 
 
+def run_dirs(runs: pd.DataFrame, results_root: Path | None = None) -> dict[str, Path | None]:
+    """run id -> its run dir (tag ``run_dir``, else found under ``results_root``), None if lost."""
+    out: dict[str, Path | None] = {}
+    moved: dict[str, Path] | None = None
+    for _, run in runs.iterrows():
+        found = run_dir_of(run, {})
+        if found is None:
+            moved = moved_run_dirs(results_root) if moved is None else moved  # one scan, when needed
+            found = run_dir_of(run, moved)
+        out[str(run["run_id"])] = found
+    return out
+
+
 def load_cases(runs: pd.DataFrame, checkpoints: Mapping[str, str],
                results_root: Path | None = None) -> CaseData:
     """Per-case results of ``runs`` at each method's checkpoint (``checkpoints[method]``)."""
-    moved: dict[str, Path] | None = None
+    dirs = run_dirs(runs, results_root)
     parts, missing = [], []
     for _, run in runs.iterrows():
-        run_dir = run_dir_of(run, {})
-        if run_dir is None:
-            moved = moved_run_dirs(results_root) if moved is None else moved
-            run_dir = run_dir_of(run, moved)
+        run_dir = dirs[str(run["run_id"])]
         path = run_dir / f"test_{checkpoints[run['method']]}_per_case.csv" if run_dir else None
         if path is None or not path.exists():
             missing.append(str(run["run_id"]))

@@ -61,7 +61,8 @@ def load_runs(tracking_uri: str, status: str = "finished") -> pd.DataFrame:
     while exp_ids:
         page = client.search_runs(exp_ids, filter_string=filt, max_results=1000, page_token=token)
         for r in page:
-            row: dict[str, Any] = {"run_id": r.info.run_id, "status": r.info.status.lower(),
+            row: dict[str, Any] = {"run_id": r.info.run_id, "experiment_id": r.info.experiment_id,
+                                   "status": r.info.status.lower(),
                                    "end_time": r.info.end_time or r.info.start_time or 0}
             row.update({k[len(TAG_PREFIX):]: v for k, v in r.data.tags.items() if k.startswith(TAG_PREFIX)})
             row.update(r.data.metrics)
