@@ -125,6 +125,9 @@ def test_ui_serves_the_runs_and_sigterm_stops_the_whole_server(tiny_runs):
         metrics = {m["key"]: m["value"] for m in mt["data"]["metrics"]}
         assert metrics["DSC/mean"] == pytest.approx(100 * metrics["test/best/dice/mean"])
         assert metrics["ASD/ring"] == pytest.approx(metrics["test/best/asd_vox/ring"])
+        only = rest(ui.base, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100,
+                                             "filter": "tags.method = 'mt' and tags.protocol = 'paper-v1'"})
+        assert sorted(r["info"]["run_name"] for r in only["runs"]) == sorted(n for n in names if n.startswith("mt /"))
         deadline = time.monotonic() + 180  # wait for the job runner's workers to be up
         while not any("huey" in c for c in group_members(ui.pgid).values()):
             assert time.monotonic() < deadline, group_members(ui.pgid)

@@ -127,20 +127,22 @@ def ui(
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     base = f"http://{host}:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                             "--host", host, "--port", str(port), "--workers", str(workers)],
-                            env=env, start_new_session=True)
-    console.print(f"MLflow UI on {base}/#/experiments?{TRAINING_VIEW} (store {uri}); Ctrl-C stops it", soft_wrap=True)
-    for exp_id, name in experiments:
-        console.print(f"  {name}: {base}/#/experiments/{exp_id}?{TRAINING_VIEW}", soft_wrap=True)
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
-    code = 0
+    proc, code = None, 0
     try:
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                                 "--host", host, "--port", str(port), "--workers", str(workers)],
+                                env=env, start_new_session=True)
+        console.print(f"MLflow UI on {base}/#/experiments?{TRAINING_VIEW} (store {uri}); Ctrl-C stops it",
+                      soft_wrap=True)
+        for exp_id, name in experiments:
+            console.print(f"  {name}: {base}/#/experiments/{exp_id}?{TRAINING_VIEW}", soft_wrap=True)
         code = proc.wait()
     except (KeyboardInterrupt, _Stop):
         console.print("stopping the MLflow UI")
     finally:
-        stop_group(proc)
+        if proc is not None:
+            stop_group(proc)
         for s, handler in previous.items():
             signal.signal(s, handler)
     raise typer.Exit(code)

@@ -93,8 +93,7 @@ def _table(d, dataset, ptag, ref, others, cols, per_method, checkpoint, results_
 def _text(r, p_holm: float, metric: str) -> str:
     if r is None:
         return "—"
-    digits = 1 if metric == "dice" else 2
-    k = SCALE[metric]
+    digits, k = METRICS[metric][0], SCALE[metric]
     return (f"{r.mean * k:+.{digits}f} [{r.ci[0] * k:+.{digits}f}, {r.ci[1] * k:+.{digits}f}] "
             f"p={p_holm:.2g} (n={r.n_runs}x{r.n_cases})")
 

@@ -113,8 +113,9 @@ def bold_line(tests: list[RunnerUp], missing_runs: int) -> str:
                  f"{_span([r.n_cases for r in done])} test case(s) per comparison")
     untested = len(tests) - len(done)
     if untested:
-        rule += (f"; {untested} comparison(s) not tested (no bold): per-case results "
-                 f"(test_<checkpoint>_per_case.csv) missing for {missing_runs} run(s)")
+        why = (f"per-case results (test_<checkpoint>_per_case.csv) missing for {missing_runs} run(s)"
+               if missing_runs else "no seed and split seed in common")
+        rule += f"; {untested} comparison(s) not tested (no bold): {why}"
     if not tests:
         rule += " (nothing to compare: one row per column, or ties as shown)"
     return rule + "."
