@@ -82,6 +82,18 @@ class UI:
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [self.lines.put(x) for x in self.proc.stdout], daemon=True).start()
         self.output = ""
+        try:
+            self._wait_until_served()
+        except BaseException:
+            self.stop()  # never leave a server behind a failed test
+            raise
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=90)
+
+    def _wait_until_served(self) -> None:
         m = self.wait_for(r"MLflow UI on (http://127\.0\.0\.1:(\d+))/", 120)
         self.base, self.port = m.group(1), int(m.group(2))
         self.experiment_url = self.wait_for(r"ssl-bench/tiny-test: (\S+)", 30).group(1)
@@ -108,17 +120,44 @@ class UI:
         return m
 
 
-def test_ui_serves_the_runs_and_sigterm_stops_the_whole_server(tiny_runs):
+def old_style_run(root: Path, uri: str) -> str:
+    """A finished run as ssl-bench logged it before the headline metrics and short tags existed."""
+    from mlflow import MlflowClient
+
+    from ssl_bench.tracking import FILTER_TAGS, RunTracker
+
+    t = RunTracker(root / "old", uri, "ssl-bench/tiny-test", "old run",
+                   {"method": "mt", "dataset": "tiny-test", "setting": "3 labeled", "seed": 5, "split_seed": 0}, {})
+    t.start()
+    t.log_final({"test/best/dice/mean": 0.5, "test/best/dice/ring": 0.4, "test/best/asd_vox/mean": 3.0})
+    t.set_status("finished")
+    client = MlflowClient(uri)
+    for key in FILTER_TAGS:
+        client.delete_tag(t.run_id, key)
+    return t.run_id
+
+
+def test_ui_serves_the_runs_and_sigterm_stops_the_whole_server(tiny_runs, tmp_path):
     root, uri = tiny_runs
+    shutil.copyfile(root / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    old_id = old_style_run(tmp_path, uri)
     # job execution on: MLflow then also starts its job runner and huey workers (the tree a plain
     # SIGTERM to `mlflow ui` leaves behind)
     ui = UI(root, uri, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="true")
     try:
         (exp,) = [e for e in ui.experiments if e["name"] == "ssl-bench/tiny-test"]
-        assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in exp["tags"]
+        tags = {t["key"]: t["value"] for t in exp["tags"]}
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+        view = json.loads(tags["mlflow.sharedViewState.ssl-bench"])["selectedColumns"]
+        assert view[:4] == ["metrics.`ASD/mean`", "metrics.`ASD/core`", "metrics.`ASD/ring`", "metrics.`DSC/mean`"]
+        assert "tags.`method`" in view
         runs = rest(ui.base, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
         names = {r["info"]["run_name"] for r in runs}
-        assert "mt / tiny-test / 2 labeled / seed1 / paper-v1" in names and len(runs) == 6
+        assert "mt / tiny-test / 2 labeled / seed1 / paper-v1" in names and len(runs) == 7
+        old = next(r for r in runs if r["info"]["run_id"] == old_id)  # given its UI fields at start
+        assert {m["key"]: m["value"] for m in old["data"]["metrics"]}["DSC/ring"] == pytest.approx(40.0)
+        assert {t["key"]: t["value"] for t in old["data"]["tags"]}["method"] == "mt"
         mt = next(r for r in runs if r["info"]["run_name"] == "mt / tiny-test / 4 labeled / seed0 / paper-v1")
         tags = {t["key"]: t["value"] for t in mt["data"]["tags"]}
         assert tags["method"] == "mt" and tags["protocol"] == "paper-v1" and tags["setting"] == "4 labeled"
@@ -127,7 +166,8 @@ def test_ui_serves_the_runs_and_sigterm_stops_the_whole_server(tiny_runs):
         assert metrics["ASD/ring"] == pytest.approx(metrics["test/best/asd_vox/ring"])
         only = rest(ui.base, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100,
                                              "filter": "tags.method = 'mt' and tags.protocol = 'paper-v1'"})
-        assert sorted(r["info"]["run_name"] for r in only["runs"]) == sorted(n for n in names if n.startswith("mt /"))
+        assert sorted(r["info"]["run_name"] for r in only["runs"]) == sorted(
+            n for n in names if n.startswith("mt / tiny-test"))
         deadline = time.monotonic() + 180  # wait for the job runner's workers to be up
         while not any("huey" in c for c in group_members(ui.pgid).values()):
             assert time.monotonic() < deadline, group_members(ui.pgid)
@@ -136,8 +176,7 @@ def test_ui_serves_the_runs_and_sigterm_stops_the_whole_server(tiny_runs):
         members = group_members(ui.pgid)
         assert any("uvicorn" in c for c in members.values()) and len(members) >= 4, members
     finally:
-        ui.proc.send_signal(signal.SIGTERM)
-        code = ui.proc.wait(timeout=90)
+        code = ui.stop(signal.SIGTERM)
     assert code == 0
     assert group_members(ui.pgid) == {}
     assert not [pid for pid in members if running(pid)]
@@ -182,11 +221,12 @@ def test_report_and_runs_page_in_chromium(tiny_runs, tmp_path):
     ui = UI(root, uri)
     try:
         assert "workflowType=machine_learning" in ui.experiment_url
-        dom = browse(ui.experiment_url, "--dump-dom")
-        # the experiment opens on its runs table: every run name, with its method, is on the page
+        dom = browse(ui.experiment_url, "--dump-dom", "--window-size=1800,1000")  # the grid renders what is in view
+        # the experiment opens on its runs table: every run name, with its method, is on the page,
+        # and the headline columns
         for name in ("unet-l / tiny-test / 2 labeled / seed0 / paper-v1", "mt / tiny-test / 4 labeled / seed0 / paper-v1"):
             assert name in dom
+        assert "DSC/mean" in dom and "ASD/ring" in dom
     finally:
-        ui.proc.send_signal(signal.SIGINT)  # Ctrl-C
-        code = ui.proc.wait(timeout=90)
+        code = ui.stop(signal.SIGINT)  # Ctrl-C
     assert code == 0 and group_members(ui.pgid) == {} and port_free(ui.port)

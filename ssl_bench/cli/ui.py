@@ -8,10 +8,13 @@ the whole process group: SIGTERM, then SIGKILL for whatever is still there after
 ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` says otherwise.
 
 Before starting, every ``ssl-bench`` experiment of the store is marked as model training
-(``tracking.EXPERIMENT_KIND``). MLflow 3.17's UI also keeps a GenAI / Model training switch of
-its own (remembered in the browser, GenAI by default) that decides which page an experiment
-opens on; the links printed here carry ``?workflowType=machine_learning`` so that they open
-the runs table.
+(``tracking.EXPERIMENT_KIND``), its runs logged before they existed get the headline metrics and
+the short filter tags, and it gets a shared view of the runs table (``HEADLINE_VIEW``: MLflow
+3.17 shows no metric column by default) with DSC and ASD, mean and per class, and the filter tags
+as columns. MLflow 3.17's UI also keeps a GenAI / Model training switch of its own (remembered
+in the browser, GenAI by default) that decides which page an experiment opens on; the links
+printed here open the runs table (``workflowType=machine_learning``) in that view
+(``viewStateShareKey``).
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from ssl_bench.cli.common import console, fail
 
 STOP_GRACE_S = 10.0
 TRAINING_VIEW = "workflowType=machine_learning"
+#: the shared view of the runs table that shows the headline columns (``_save_headline_view``)
+HEADLINE_VIEW = "ssl-bench"
 
 
 class _Stop(Exception):
@@ -122,7 +127,7 @@ def ui(
         port = free_port(host)
     elif not port_is_free(host, port):
         fail(f"port {port} on {host} is taken; pass another --port, or none for a free one")
-    experiments = _mark_experiments(uri)
+    experiments = _prepare_store(uri)
     env = dict(os.environ)
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -136,7 +141,8 @@ def ui(
         console.print(f"MLflow UI on {base}/#/experiments?{TRAINING_VIEW} (store {uri}); Ctrl-C stops it",
                       soft_wrap=True)
         for exp_id, name in experiments:
-            console.print(f"  {name}: {base}/#/experiments/{exp_id}?{TRAINING_VIEW}", soft_wrap=True)
+            console.print(f"  {name}: {base}/#/experiments/{exp_id}/runs?viewStateShareKey={HEADLINE_VIEW}&"
+                          f"{TRAINING_VIEW}", soft_wrap=True)
         code = proc.wait()
     except (KeyboardInterrupt, _Stop):
         console.print("stopping the MLflow UI")
@@ -148,8 +154,8 @@ def ui(
     raise typer.Exit(code)
 
 
-def _mark_experiments(uri: str) -> list[tuple[str, str]]:
-    """Mark every ssl-bench experiment as model training; returns their (id, name)."""
+def _prepare_store(uri: str) -> list[tuple[str, str]]:
+    """Make every ssl-bench experiment open usefully; returns their (id, name)."""
     from mlflow.entities import ViewType
 
     from ssl_bench import tracking
@@ -159,5 +165,45 @@ def _mark_experiments(uri: str) -> list[tuple[str, str]]:
     for exp in client.search_experiments(view_type=ViewType.ACTIVE_ONLY):
         if exp.name.startswith(tracking.DEFAULT_EXPERIMENT):
             tracking.mark_training_experiment(client, exp)
+            metric_keys = _add_ui_fields(client, exp.experiment_id)
+            _save_headline_view(client, exp.experiment_id, metric_keys)
             out.append((exp.experiment_id, exp.name))
     return sorted(out, key=lambda e: e[1])
+
+
+def _add_ui_fields(client, experiment_id: str) -> set[str]:
+    """Give runs indexed before they existed the headline metrics and the short filter tags;
+    returns the headline metric names of the experiment."""
+    from mlflow.entities import Metric, RunTag
+
+    from ssl_bench import tracking
+    from ssl_bench.evaluate import headline_metrics
+
+    keys: set[str] = set()
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        for run in page:
+            have, tags = run.data.metrics, run.data.tags
+            bare = {k[len(tracking.TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(tracking.TAG_PREFIX)}
+            metrics = headline_metrics(have, bare.get("report_checkpoint") or "best")
+            new_metrics = [Metric(k, v, run.info.end_time or 0, 0) for k, v in metrics.items() if k not in have]
+            new_tags = [RunTag(k, v) for k, v in tracking.mlflow_tags(bare).items() if k not in tags]
+            if new_metrics or new_tags:
+                client.log_batch(run.info.run_id, metrics=new_metrics, tags=new_tags)
+            keys.update(metrics)
+        token = page.token
+        if not token:
+            return keys
+
+
+def _save_headline_view(client, experiment_id: str, metric_keys: set[str]) -> None:
+    """The runs table's shared view ``HEADLINE_VIEW``: DSC and ASD (mean, then per class) and the
+    filter tags as columns (MLflow shows no metric column by default)."""
+    import json
+
+    order = sorted(metric_keys, key=lambda k: (k.split("/")[0], k.split("/")[1] != "mean", k))
+    columns = [f"metrics.`{k}`" for k in order] + [f"tags.`{t}`" for t in ("method", "setting", "seed",
+                                                                           "split_seed", "protocol")]
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{HEADLINE_VIEW}",
+                              json.dumps({"selectedColumns": columns}))
