@@ -9,9 +9,10 @@ tables show.
 
 * ``bootstrap_ci``: a two-level bootstrap. Each replicate draws the runs with replacement *and*
   the test cases with replacement (one draw of cases shared by every run: seeds and cases are
-  crossed, every run is scored on the same patients), so the interval covers both the spread
-  over seeds and the sampling of test patients. Percentile interval, fixed RNG seed (a table
-  prints the same interval every time).
+  crossed, every run is scored on the same patients; runs whose test sets differ, as with split
+  seeds of a phantom, draw from the union of the cases and skip those they lack), so the
+  interval covers both the spread over seeds and the sampling of test patients. Percentile
+  interval, fixed RNG seed (a table prints the same interval every time).
 * ``paired``: method minus reference on the same test case, the same seed and the same split
   seed. Its mean and bootstrap CI use the matrix of differences; the Wilcoxon signed-rank test
   (``scipy.stats.wilcoxon``, two-sided) uses one difference per test case, averaged over the
