@@ -169,8 +169,9 @@ HEADLINE = (("DSC", "dice", 100.0), ("ASD", "asd_vox", 1.0))
 
 def headline_metrics(flat: dict[str, float], checkpoint: str) -> dict[str, float]:
     """``DSC/<class|mean>`` and ``ASD/<class|mean>`` of the reported checkpoint, from the flat
-    ``test/<checkpoint>/...`` metrics. Upper-case names sort before ``test/``, ``train/`` and
-    ``val/``, so MLflow's runs table and compare view show them first."""
+    ``test/<checkpoint>/...`` metrics: the figures a reader compares first, under short names
+    that sort before ``test/``, ``train/`` and ``val/`` in MLflow's column picker and compare view
+    (``ssl-bench ui`` also makes them the columns of its runs-table view)."""
     out = {}
     for name, metric, scale in HEADLINE:
         prefix = f"test/{checkpoint}/{metric}/"
