@@ -156,7 +156,7 @@ class FitResult:
 def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | None = None,
         progress: bool = True, force: bool = False, console=None) -> FitResult:
     from ssl_bench import tracking
-    from ssl_bench.evaluate import evaluate_cases
+    from ssl_bench.evaluate import evaluate_cases, headline_metrics
 
     spec, cfg = run.spec, run.train_cfg
     run_dir = run.run_dir
@@ -346,6 +346,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
         metrics = _test(run, method, device, tracker, progress)
         metrics["cost"] = meter.summary(cfg.total_iterations, run.image_size, cfg.labeled_bs, cfg.unlabeled_bs,
                                         time.perf_counter() - t_test)
+        metrics["flat"].update(headline_metrics(metrics["flat"], cfg.report_checkpoint))
         metrics.update(status="finished", best_val_dice=state["best_val"], best_step=state["best_step"],
                        iterations=cfg.total_iterations, stages={s.name: n for s, n in zip(stages, its)})
         write_json(metrics_path, metrics)

@@ -199,3 +199,19 @@ def mlflow_metrics(summary: dict, prefix: str) -> dict[str, float]:
             if math.isfinite(value):
                 out[f"{prefix}/{metric}/{name}"] = value
     return out
+
+
+#: the headline metrics: (MLflow name, metric, scale); DSC in %, ASD in voxels, as the tables print
+HEADLINE = (("DSC", "dice", 100.0), ("ASD", "asd_vox", 1.0))
+
+
+def headline_metrics(flat: dict[str, float], checkpoint: str) -> dict[str, float]:
+    """``DSC/<class|mean>`` and ``ASD/<class|mean>`` of the reported checkpoint, from the flat
+    ``test/<checkpoint>/...`` metrics: the figures a reader compares first, under short names
+    that sort before ``test/``, ``train/`` and ``val/`` in MLflow's column picker and compare view
+    (``ssl-bench ui`` also makes them the columns of its runs-table view)."""
+    out = {}
+    for name, metric, scale in HEADLINE:
+        prefix = f"test/{checkpoint}/{metric}/"
+        out.update({f"{name}/{k[len(prefix):]}": v * scale for k, v in flat.items() if k.startswith(prefix)})
+    return out

@@ -75,6 +75,12 @@ TAG_PREFIX = "ssl_bench."
 #: MLflow run status for each value of the ``ssl_bench.status`` tag
 MLFLOW_STATUS = {"running": "RUNNING", "finished": "FINISHED", "failed": "FAILED"}
 DEFAULT_EXPERIMENT = "ssl-bench"
+#: MLflow's experiment-kind tag (the value its own UI sets for "Machine learning"): marks an
+#: experiment as model training, so the UI opens it on the runs table, not the GenAI overview
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+#: tags logged a second time without the ``ssl_bench.`` prefix, for short UI filters such as
+#: ``tags.method = 'mt' and tags.protocol = 'paper-v1'``
+FILTER_TAGS = ("method", "dataset", "setting", "seed", "split_seed")
 #: file in a run dir whose MLflow logging failed: the index lacks (part of) this run
 PENDING_MARKER = "mlflow_pending"
 
@@ -187,19 +193,30 @@ def get_or_create_experiment(client, name: str, tracking_uri: str, attempts: int
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp.experiment_id)
+            mark_training_experiment(client, exp)
             return exp.experiment_id
         db = sqlite_path(tracking_uri)
         location = None
         if db is not None:
             location = (db.parent / "mlartifacts" / _safe_name(name)).as_uri()
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
         except Exception as exc:
             if "already exists" in str(exc).lower() or "RESOURCE_ALREADY_EXISTS" in str(exc):
                 return client.get_experiment_by_name(name).experiment_id
             raise
 
     return with_retry(lookup_or_create, attempts, delay_s)
+
+
+def mark_training_experiment(client, experiment) -> bool:
+    """Set ``EXPERIMENT_KIND`` on an experiment that lacks it (stores made before it existed);
+    True if it was set now."""
+    key, value = EXPERIMENT_KIND
+    if experiment.tags.get(key):
+        return False  # a kind the user chose in the UI stays
+    client.set_experiment_tag(experiment.experiment_id, key, value)
+    return True
 
 
 def _safe_name(name: str) -> str:
@@ -233,11 +250,15 @@ def param_value(value: Any, limit: int) -> str:
 
 
 def mlflow_tags(tags: Mapping[str, Any]) -> dict[str, str]:
-    """Prefix bare tag names with ``ssl_bench.`` (``mlflow.*`` tags are kept as they are)."""
+    """Prefix bare tag names with ``ssl_bench.`` (``mlflow.*`` tags are kept as they are), plus
+    the short ``FILTER_TAGS`` and ``protocol`` (name-vN) for filtering in the UI."""
     out = {}
     for k, v in tags.items():
         key = k if k.startswith(TAG_PREFIX) or k.startswith("mlflow.") else TAG_PREFIX + k
         out[mlflow_key(key)] = str(v)[:8000]
+    out.update({k: str(tags[k]) for k in FILTER_TAGS if k in tags})
+    if "protocol" in tags:
+        out["protocol"] = f"{tags['protocol']}-v{tags.get('protocol_version', '1')}"
     return out
 
 
@@ -682,7 +703,12 @@ def index_run_dir(client, uri: str, run_dir: Path) -> str:
     last_step = int(history[-1]["step"]) if history else 0
     end_ms = int(history[-1]["time"] * 1000) if history else start_ms
     end_ms = max(end_ms, int((run_dir / "metrics.json").stat().st_mtime * 1000)) if final else end_ms
-    metrics += [Metric(mlflow_key(k), v, end_ms, last_step) for k, v in final_metrics(final).items()]
+    values = final_metrics(final)
+    # runs made before the headline metrics existed get them from their test metrics
+    from ssl_bench.evaluate import headline_metrics
+
+    values = {**headline_metrics(values, str(tags.get("report_checkpoint") or "best")), **values}
+    metrics += [Metric(mlflow_key(k), v, end_ms, last_step) for k, v in values.items()]
     for chunk in _chunks(metrics, 1000):
         with_retry(lambda c=chunk: client.log_batch(run_id, metrics=c))
     if status in ("finished", "failed"):

@@ -67,3 +67,30 @@ if "tiny-test" not in DATASETS._entries:
             i = int(case_id[4:])
             image, label = _tiny_volume(i)
             return Case(case_id, f"p{i:02d}", image, label, (5.0, 1.5, 1.5))
+
+
+# -- real runs for the figure, report and UI tests ---------------------------------------------
+TINY_METHODS = ("unet-l", "mt")
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, mlflow_template_db):
+    """Finished tiny-test runs made by the real CLI: UNet-L and MT, seeds 0 and 1 with 2 labeled
+    patients, seed 0 with 4. Returns (results root, tracking URI)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from ssl_bench.cli import app
+
+    root = tmp_path_factory.mktemp("tiny-runs")
+    shutil.copyfile(mlflow_template_db, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    common = ["--dataset", "tiny-test", "--iterations", "4", "--no-progress", "--results-root", str(root),
+              "--tracking-uri", uri, "--set", "labeled_bs=2", "--set", "unlabeled_bs=2", "--set", "val_every=2",
+              "--set", "threads=1"]
+    for method in TINY_METHODS:
+        for labeled, seed in (("2", "0"), ("2", "1"), ("4", "0")):
+            res = CliRunner().invoke(app, ["run", "--method", method, "--labeled", labeled, "--seed", seed, *common])
+            assert res.exit_code == 0, res.output
+    return root, uri

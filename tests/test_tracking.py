@@ -270,3 +270,21 @@ def test_context_manager_marks_failed_on_exception(tmp_path, store):
             raise KeyError("boom")
     run = MlflowClient(t.tracking_uri).get_run(t.run_id)
     assert run.info.status == "FAILED" and run.data.tags["ssl_bench.status_message"] == "KeyError: 'boom'"
+
+
+def test_short_filter_tags_and_training_experiment_kind(tmp_path, store):
+    tags = tracking.mlflow_tags({**TAGS, "protocol": "paper", "protocol_version": "2", "run_dir": "/x"})
+    assert tags["ssl_bench.method"] == "mt" and tags["method"] == "mt" and tags["setting"] == "3 labeled"
+    assert tags["protocol"] == "paper-v2" and tags["ssl_bench.protocol"] == "paper" and "run_dir" not in tags
+    uri = store(tmp_path / "r")
+    client = MlflowClient(uri)
+    key, value = tracking.EXPERIMENT_KIND
+    new = tracking.get_or_create_experiment(client, "ssl-bench/new", uri)
+    assert client.get_experiment(new).tags[key] == value
+    old = client.create_experiment("ssl-bench/old")  # a store made before the tag existed
+    assert key not in client.get_experiment(old).tags
+    tracking.get_or_create_experiment(client, "ssl-bench/old", uri)
+    assert client.get_experiment(old).tags[key] == value
+    client.set_experiment_tag(old, key, "genai_development")  # the user's own choice stays
+    assert not tracking.mark_training_experiment(client, client.get_experiment(old))
+    assert client.get_experiment(old).tags[key] == "genai_development"

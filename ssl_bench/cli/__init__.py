@@ -4,6 +4,7 @@
     ssl-bench table --dataset acdc-phantom --with-published
     ssl-bench methods | datasets | protocols | data prepare/info | bench [steps|eval|reference-mt|anco|card]
     ssl-bench sweep [status] | reproduce tableN | results rebuild | ui
+    ssl-bench figure curves --dataset acdc-phantom; ssl-bench report --dataset acdc-phantom
 
 Every bad input (unknown method or dataset, ratio out of range, missing data, unknown --set key)
 ends with one line naming the problem and the fix, a non-zero exit, and nothing written.
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import typer
 
-from ssl_bench.cli import bench, data, listing, protocols, reproduce, results, run, sweep, table, ui
+from ssl_bench.cli import (bench, data, figure, listing, protocols, report, reproduce, results, run, sweep,
+                           table, ui)
 from ssl_bench.cli.common import console, fail, user_errors  # noqa: F401  (re-exported)
 
 app = typer.Typer(help="ssl-bench: reproducible benchmark of semi-supervised medical image segmentation.",
@@ -25,6 +27,8 @@ app.command("datasets")(listing.datasets)
 app.command("protocols")(protocols.protocols)
 app.command("reproduce")(reproduce.reproduce)
 app.command("ui")(ui.ui)
+app.command("figure")(figure.figure)
+app.command("report")(report.report)
 app.add_typer(data.data_app, name="data", help="prepare and inspect datasets")
 app.add_typer(bench.bench_app, name="bench", help="speed and memory benchmarks (written to results/)")
 app.add_typer(results.results_app, name="results", help="the MLflow index over the run dirs (rebuild)")

@@ -44,6 +44,8 @@ def table_command(
     with_published: bool = typer.Option(False, "--with-published", help="add the paper's published rows (separate, labelled block)"),
     ablation: bool = typer.Option(False, "--ablation", help="Tables 3 and 4: ACTION ablations and augmentations"),
     cost: bool = typer.Option(False, "--cost", help="what the runs cost per method: time, device-hours, peak memory"),
+    ci: bool = typer.Option(False, "--ci", help="add 95% bootstrap confidence intervals (seeds x test cases) to every cell"),
+    compare_to: Optional[str] = typer.Option(None, "--compare-to", help="paired per-case differences of every method against this one (default: unet-l where present; 'none': no comparison)"),
     status: Status = typer.Option(Status.finished, "--status", help="which runs to read (MLflow run status)"),
     reindex: bool = typer.Option(True, "--reindex/--no-reindex", help="first index the run dirs MLflow lacks (else only count them)"),
     results_root: Optional[Path] = typer.Option(None, "--results-root", help="results folder (default $SSL_BENCH_RESULTS or ./results/runs)"),
@@ -68,20 +70,26 @@ def table_command(
     if runs.empty:
         _fail(f"no {what} in {uri}")
     runs = tbl.select_runs(runs, dataset, method, setting, protocol)
+    if compare_to and compare_to.lower() != "none" and compare_to not in set(runs["method"]):
+        _fail(f"--compare-to {compare_to}: no {what} of that method; use one of "
+              f"{', '.join(sorted(set(runs['method'])))}, or none")
     if cost:
         tables = tbl.cost_tables(runs)
         if not tables:
             _fail(f"no {what} with a cost record in {uri} (runs record their cost since ssl-bench measures it)")
     elif ablation:
-        tables = tbl.ablation_tables(runs, checkpoint.value)
+        tables = tbl.ablation_tables(runs, checkpoint.value, ci, root)
         if not tables:
             _fail(f"no {what} of method {tbl.ABLATION_METHOD} in {uri}; --ablation reads ACTION runs "
                   "tagged ssl_bench.ablation / ssl_bench.augment")
     else:
-        tables = tbl.main_tables(runs, checkpoint.value, with_published, method,
-                                 warn=lambda msg: typer.echo(f"warning: {msg}", err=True))
+        warn = lambda msg: typer.echo(f"warning: {msg}", err=True)  # noqa: E731
+        tables = tbl.main_tables(runs, checkpoint.value, with_published, method, warn=warn, ci=ci,
+                                 results_root=root)
         if not tables:
             _fail(f"no {what} with test/{checkpoint.value}/dice metrics in {uri}")
+        if (compare_to or "").lower() != "none":
+            tables += tbl.paired_tables(runs, checkpoint.value, compare_to, root, warn)
 
     if output is not None:
         from ssl_bench.datasets.base import atomic_write_text

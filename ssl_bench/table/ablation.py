@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .main import cell_record, method_checkpoints
-from .model import (ASD_DIGITS, DICE_DIGITS, Block, Stat, Table, best_flags, footnote,
-                    measured_cell, protocol_line, published_cell)
+from .cases import CaseData, load_cases
+from .main import cell_record, interval_fields, method_checkpoints
+from .model import Block, Stat, Table, footnote, measured_cell, protocol_line, published_cell
 from .runs import (ABLATION_METHOD, ABLATIONS, AUGMENTS, DEFAULT_AUGMENT, PAPER, REPORTED, base_method,
                    column_values, display_name, read_reference, reference_name, setting_order)
+from .significance import ci_of, mark_grid, statistics_lines
 
 
-def ablation_tables(runs: pd.DataFrame, checkpoint: str = REPORTED) -> list[Table]:
+def ablation_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, ci: bool = False,
+                    results_root=None) -> list[Table]:
     """Tables 3 and 4 for every (dataset, setting, protocol) with runs of method ``action``.
     The paper's figures fill the Published column only beside runs of the protocol that
-    produced them (``field``)."""
+    produced them (``field``). Bold and ``ci`` as in ``main_tables``."""
     from ssl_bench.protocols import PROTOCOLS
 
     runs = runs[runs["method"].map(base_method) == ABLATION_METHOD] if len(runs) else runs
@@ -35,8 +37,9 @@ def ablation_tables(runs: pd.DataFrame, checkpoint: str = REPORTED) -> list[Tabl
                         f"configuration (protocol field), these runs are protocol {ptag}.")
         ckpt = method_checkpoints(d, checkpoint)[method]
         variant = f" {display_name(method)}" if method != ABLATION_METHOD else ""
+        cases = load_cases(d, {method: ckpt}, results_root)
         for make in (_table3, _table4):
-            t = make(d, use_ref, ckpt, dataset, setting, note)
+            t = make(d, use_ref, ckpt, dataset, setting, note, cases, ci)
             t.protocol = ptag
             t.title = t.title.replace(f", {setting} (", f", {setting}, protocol {ptag}{variant} (")
             t.footnote[0] = protocol_line(ptag)
@@ -45,19 +48,21 @@ def ablation_tables(runs: pd.DataFrame, checkpoint: str = REPORTED) -> list[Tabl
 
 
 def _ablation_table(title: str, first_cols: list[str], row_specs: list[tuple[list[str], pd.DataFrame, dict]],
-                    ckpt: str, dataset: str, setting: str, note: list[str]) -> Table:
+                    ckpt: str, dataset: str, setting: str, note: list[str], cases: CaseData, ci: bool) -> Table:
     """row_specs: (leading cell texts, runs of the row, published record + record fields)."""
     stats = [(Stat.of(column_values(r, f"test/{ckpt}/dice/mean"), 100.0), Stat.of(column_values(r, f"test/{ckpt}/asd_vox/mean")))
              for _, r, _ in row_specs]
-    dice_best = best_flags([s[0] for s in stats], DICE_DIGITS, True)
-    asd_best = best_flags([s[1] for s in stats], ASD_DIGITS, False)
+    row_cases = [cases.cell(r["run_id"], "mean") for _, r, _ in row_specs]
+    flags, tests = mark_grid([[st] for st in stats], [[c] for c in row_cases])
+    dice_best, asd_best = flags["dice"][0], flags["asd_vox"][0]  # the one column
     table = Table(title=title, row_header=first_cols[0],
                   columns=[*first_cols[1:], "Measured DSC / ASD", "Published", "Δ DSC"])
     block = Block(None)
     for i, (lead, _, pub) in enumerate(row_specs):
         dice, asd = stats[i]
         cells = [[(t, False)] for t in lead[1:]]
-        cells.append(measured_cell(dice, asd, dice_best[i], asd_best[i]))
+        intervals = (ci_of(row_cases[i], "dice"), ci_of(row_cases[i], "asd_vox")) if ci else (None, None)
+        cells.append(measured_cell(dice, asd, dice_best[i], asd_best[i], *intervals))
         cells.append(published_cell(pub.get("dice"), pub.get("asd")))
         delta = f"{dice.mean - float(pub['dice']):+.1f}" if dice and pub.get("dice") else "—"
         cells.append([(delta, False)])
@@ -65,14 +70,19 @@ def _ablation_table(title: str, first_cols: list[str], row_specs: list[tuple[lis
         rec = cell_record("measured", dataset, setting, ABLATION_METHOD, "ACTION", "mean", ckpt, dice, asd,
                       dice_best[i], asd_best[i])
         rec.update(pub.get("fields", {}))
+        if ci:
+            rec.update(interval_fields(*intervals))
         rec.update(published_dsc_percent=float(pub.get("dice") or "nan"),
                    published_asd_voxel=float(pub.get("asd") or "nan"))
         table.records.append(rec)
     table.blocks.append(block)
     table.notes.extend(note)
+    shown = pd.concat([r for _, r, _ in row_specs])
+    stats_lines = statistics_lines(shown, tests, len(cases.lacking(shown["run_id"])), ci, by=("ablation", "augment"))
     table.footnote = footnote(ckpt, [
         "Measured: Average over foreground classes of runs of method action.",
-        f"Published: {PAPER}, real ACDC, 3 labeled patients; not measured here, not part of the bold marks."])
+        f"Published: {PAPER}, real ACDC, 3 labeled patients; not measured here, not part of the bold marks."],
+        statistics=stats_lines)
     return table
 
 
@@ -82,7 +92,7 @@ def _pub(rows: pd.DataFrame) -> dict:
     return {"dice": rows["dice_percent"].iloc[0], "asd": rows["asd_voxel"].iloc[0]}
 
 
-def _table3(runs, ref, ckpt, dataset, setting, note) -> Table:
+def _table3(runs, ref, ckpt, dataset, setting, note, cases, ci) -> Table:
     plain = runs[runs["augment"].isin(["", DEFAULT_AUGMENT])]
     tags = list(ABLATIONS) + sorted(set(plain["ablation"]) - set(ABLATIONS))
     specs = []
@@ -93,10 +103,10 @@ def _table3(runs, ref, ckpt, dataset, setting, note) -> Table:
         pub = _pub(hit) | {"fields": {"table": part, "variant": variant, "ablation": tag, "augment": DEFAULT_AUGMENT}}
         specs.append(([variant, part, tag], plain[plain["ablation"] == tag], pub))
     return _ablation_table(f"Table 3 layout: ACTION ablations, {dataset}, {setting} ({ckpt} checkpoint)",
-                           ["Variant", "Paper", "Tag"], specs, ckpt, dataset, setting, note)
+                           ["Variant", "Paper", "Tag"], specs, ckpt, dataset, setting, note, cases, ci)
 
 
-def _table4(runs, ref, ckpt, dataset, setting, note) -> Table:
+def _table4(runs, ref, ckpt, dataset, setting, note, cases, ci) -> Table:
     full = runs[runs["ablation"] == "none"].copy()
     full.loc[full["augment"] == "", "augment"] = DEFAULT_AUGMENT
     specs = []
@@ -107,4 +117,4 @@ def _table4(runs, ref, ckpt, dataset, setting, note) -> Table:
                                       "ablation": "none", "augment": tag}}
         specs.append(([student, teacher, tag], full[full["augment"] == tag], pub))
     return _ablation_table(f"Table 4 layout: ACTION augmentations, {dataset}, {setting} ({ckpt} checkpoint)",
-                           ["Student", "Teacher", "Tag"], specs, ckpt, dataset, setting, note)
+                           ["Student", "Teacher", "Tag"], specs, ckpt, dataset, setting, note, cases, ci)

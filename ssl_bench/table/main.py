@@ -1,42 +1,41 @@
 """Tables 1/2: methods x (setting, class) cells, with the paper's rows beside field runs."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
 
-from .model import (ASD_DIGITS, DICE_DIGITS, Block, Stat, Table, best_flags, footnote,
-                    measured_cell, published_cell)
+from .cases import CaseData, load_cases
+from .model import Block, Stat, Table, footnote, measured_cell, published_cell
 from .runs import (PAPER, PUBLISHED_LABEL, REPORTED, class_order, column_values, display_name, is_main_variant,
                    method_order, read_reference, reference_name, setting_order)
+from .significance import ci_of, mark_grid, statistics_lines
 
 
 def main_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, with_published: bool = False,
-                methods: Sequence[str] | None = None, warn=None) -> list[Table]:
+                methods: Sequence[str] | None = None, warn=None, ci: bool = False,
+                results_root: Path | None = None) -> list[Table]:
     """One table per (dataset, protocol) (see the module docstring). ``methods`` limits the
     published rows, which are placed only beside runs of the protocol that produced them
-    (``Protocol.published``); otherwise ``warn`` (a callable) is told why they are left out."""
+    (``Protocol.published``); otherwise ``warn`` (a callable) is told why they are left out.
+    Bold marks and ``ci`` intervals come from the runs' per-case results (``cases``; run dirs
+    that moved are looked up under ``results_root``)."""
     from ssl_bench.protocols import PROTOCOLS
 
     runs = runs[runs.apply(is_main_variant, axis=1)] if len(runs) else runs
     tables = []
     for (dataset, ptag), d in sorted(runs.groupby(["dataset", "protocol_tag"]), key=lambda kv: kv[0]):
         per_method = method_checkpoints(d, checkpoint)
-        found = sorted({c.split("/")[-1] for m, ck in per_method.items()
-                        for c in d.columns if c.startswith(f"test/{ck}/dice/")
-                        and d.loc[d["method"] == m, c].notna().any()})
-        if not found:
+        cols = table_columns(d, per_method, dataset)
+        if not cols:
             continue
-        classes = ["mean", *class_order(dataset, found)] if "mean" in found else class_order(dataset, found)
-        settings = sorted(d["setting"].unique(), key=setting_order)
-        cols = [(s, c) for s in settings for c in classes]
-        shown = checkpoint if checkpoint != REPORTED else "/".join(sorted(set(per_method.values())))
         table = Table(
-            title=f"{dataset}, protocol {ptag}: test DSC [%] / ASD [voxel] ({shown} checkpoint)",
-            row_header="Method", columns=[_class_label(c) for _, c in cols],
-            groups=[(s, len(classes)) for s in settings])
+            title=f"{dataset}, protocol {ptag}: test DSC [%] / ASD [voxel] ({shown_checkpoint(checkpoint, per_method)} checkpoint)",
+            row_header="Method", columns=[class_label(c) for _, c in cols], groups=column_groups(cols))
         table.protocol = ptag
-        _measured_block(table, d, cols, per_method, dataset)
+        cases = load_cases(d, per_method, results_root)
+        stats_lines = _measured_block(table, d, cols, per_method, dataset, cases, ci)
         extra = []
         if with_published:
             proto = PROTOCOLS.get(ptag.rpartition("-v")[0])
@@ -48,7 +47,7 @@ def main_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, with_published: 
                 table.notes.append(why[0].upper() + why[1:] + ".")
                 if warn is not None:
                     warn(f"{dataset}: {why}")
-        table.footnote = footnote(checkpoint, extra, ptag, per_method)
+        table.footnote = footnote(checkpoint, extra, ptag, per_method, stats_lines)
         tables.append(table)
     return tables
 
@@ -62,35 +61,67 @@ def method_checkpoints(runs: pd.DataFrame, checkpoint: str) -> dict[str, str]:
     return out
 
 
-def _class_label(c: str) -> str:
+def table_columns(runs: pd.DataFrame, per_method: Mapping[str, str], dataset: str) -> list[tuple[str, str]]:
+    """(setting, class) columns: each setting's Average, then its classes in the dataset's order."""
+    found = sorted({c.split("/")[-1] for m, ck in per_method.items()
+                    for c in runs.columns if c.startswith(f"test/{ck}/dice/")
+                    and runs.loc[runs["method"] == m, c].notna().any()})
+    classes = ["mean", *class_order(dataset, found)] if "mean" in found else class_order(dataset, found)
+    settings = sorted(runs["setting"].unique(), key=setting_order)
+    return [(s, c) for s in settings for c in classes]
+
+
+def column_groups(cols: list[tuple[str, str]]) -> list[tuple[str, int]]:
+    settings = list(dict.fromkeys(s for s, _ in cols))
+    return [(s, sum(1 for t, _ in cols if t == s)) for s in settings]
+
+
+def shown_checkpoint(checkpoint: str, per_method: Mapping[str, str]) -> str:
+    return checkpoint if checkpoint != REPORTED else "/".join(sorted(set(per_method.values())))
+
+
+def class_label(c: str) -> str:
     return "Average" if c == "mean" else c
 
 
 def _measured_block(table: Table, runs: pd.DataFrame, cols: list[tuple[str, str]],
-                    per_method: Mapping[str, str], dataset: str) -> None:
+                    per_method: Mapping[str, str], dataset: str, cases: CaseData, ci: bool) -> list[str]:
+    """The measured rows; returns the footnote's statistics lines."""
     methods = sorted(runs["method"].unique(), key=lambda m: method_order(display_name(m)))
-    grid = []  # [method][column] -> (dice, asd)
+    grid, cells = [], []  # [method][column] -> (dice, asd) and the cell's per-case rows
     for m in methods:
         r = runs[runs["method"] == m]
         ckpt = per_method[m]
-        row = []
+        row, cell_row = [], []
         for s, c in cols:
             rs = r[r["setting"] == s]
             row.append((Stat.of(column_values(rs, f"test/{ckpt}/dice/{c}"), 100.0),
                         Stat.of(column_values(rs, f"test/{ckpt}/asd_vox/{c}"))))
+            cell_row.append(cases.cell(rs["run_id"], c))
         grid.append(row)
-    ncol = len(cols)
-    dice_best = [best_flags([grid[i][j][0] for i in range(len(methods))], DICE_DIGITS, True) for j in range(ncol)]
-    asd_best = [best_flags([grid[i][j][1] for i in range(len(methods))], ASD_DIGITS, False) for j in range(ncol)]
+        cells.append(cell_row)
+    flags, tests = mark_grid(grid, cells)
     block = Block(None)
     for i, m in enumerate(methods):
-        cells = [measured_cell(*grid[i][j], dice_best[j][i], asd_best[j][i]) for j in range(ncol)]
-        block.rows.append((display_name(m), cells))
+        row_cells = []
         for j, (s, c) in enumerate(cols):
             dice, asd = grid[i][j]
-            table.records.append(cell_record("measured", dataset, s, m, display_name(m), c, per_method[m], dice,
-                                         asd, dice_best[j][i], asd_best[j][i]) | {"protocol": table.protocol})
+            intervals = (ci_of(cells[i][j], "dice"), ci_of(cells[i][j], "asd_vox")) if ci else (None, None)
+            bold = (flags["dice"][j][i], flags["asd_vox"][j][i])
+            row_cells.append(measured_cell(dice, asd, *bold, *intervals))
+            rec = cell_record("measured", dataset, s, m, display_name(m), c, per_method[m], dice, asd, *bold)
+            if ci:
+                rec |= interval_fields(*intervals)
+            table.records.append(rec | {"protocol": table.protocol})
+        block.rows.append((display_name(m), row_cells))
     table.blocks.append(block)
+    return statistics_lines(runs, tests, len(cases.lacking(runs["run_id"])), ci)
+
+
+def interval_fields(dice_ci, asd_ci) -> dict:
+    nan = float("nan")
+    return {"dsc_ci_low_percent": dice_ci[0] if dice_ci else nan, "dsc_ci_high_percent": dice_ci[1] if dice_ci else nan,
+            "asd_ci_low_voxel": asd_ci[0] if asd_ci else nan, "asd_ci_high_voxel": asd_ci[1] if asd_ci else nan}
 
 
 def cell_record(block, dataset, setting, method, display, cls, ckpt, dice: Stat | None, asd: Stat | None,

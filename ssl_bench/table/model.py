@@ -32,13 +32,21 @@ def fmt_stat(s: Stat, digits: int) -> str:
     return f"{s.mean:.{digits}f}" + ("" if math.isnan(s.std) else f"±{s.std:.{digits}f}")
 
 
-def measured_cell(dice: Stat | None, asd: Stat | None, dice_bold: bool, asd_bold: bool) -> list[Seg]:
+def fmt_ci(ci: tuple[float, float] | None, digits: int) -> str:
+    return "" if ci is None else f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def measured_cell(dice: Stat | None, asd: Stat | None, dice_bold: bool, asd_bold: bool,
+                  dice_ci: tuple[float, float] | None = None, asd_ci: tuple[float, float] | None = None
+                  ) -> list[Seg]:
+    """``DSC / ASD (n=...)``, each mean±std, with its confidence interval when given."""
     if dice is None and asd is None:
         return [("—", False)]
     n = dice.n if dice else asd.n
     tail = f" (n={n})" if not (dice and asd) or asd.n == dice.n else f" (n={n}; ASD n={asd.n})"
-    return [(fmt_stat(dice, DICE_DIGITS) if dice else "—", dice_bold), (" / ", False),
-            (fmt_stat(asd, ASD_DIGITS) if asd else "—", asd_bold), (tail, False)]
+    return [(fmt_stat(dice, DICE_DIGITS) if dice else "—", dice_bold), (fmt_ci(dice_ci, DICE_DIGITS), False),
+            (" / ", False), (fmt_stat(asd, ASD_DIGITS) if asd else "—", asd_bold),
+            (fmt_ci(asd_ci, ASD_DIGITS), False), (tail, False)]
 
 
 def published_cell(dice: str | None, asd: str | None) -> list[Seg]:
@@ -46,16 +54,6 @@ def published_cell(dice: str | None, asd: str | None) -> list[Seg]:
     if dice is None and asd is None:
         return [("—", False)]
     return [(f"{dice or '—'} / {asd or '—'}", False)]
-
-
-def best_flags(stats: list[Stat | None], digits: int, highest: bool) -> list[bool]:
-    """Bold marks for one column: the best value at display precision (ties all bold)."""
-    shown = [round(s.mean, digits) if s else None for s in stats]
-    valid = [v for v in shown if v is not None]
-    if not valid:
-        return [False] * len(stats)
-    best = max(valid) if highest else min(valid)
-    return [v is not None and v == best for v in shown]
 
 
 @dataclass
@@ -103,12 +101,13 @@ def checkpoint_line(checkpoint: str, per_method: Mapping[str, str] | None = None
 
 
 def footnote(checkpoint: str, extra: Sequence[str] = (), protocol_tag: str | None = None,
-             per_method: Mapping[str, str] | None = None) -> list[str]:
+             per_method: Mapping[str, str] | None = None, statistics: Sequence[str] = ()) -> list[str]:
+    """``statistics``: what the std covers, how bold was decided, the intervals
+    (``ssl_bench.table.significance``)."""
     return [
         protocol_line(protocol_tag),
         checkpoint_line(checkpoint, per_method),
-        "Units: DSC in %, ASD in voxels; cells are mean±std over seeds (sample std, none when n=1); "
-        "n = number of seeds.",
-        "Bold: best measured value per column (highest DSC, lowest ASD).",
+        "Units: DSC in %, ASD in voxels; cells are mean±std over runs (sample std, none when n=1).",
+        *statistics,
         *extra,
     ]

@@ -156,3 +156,27 @@ def render_text(tables: Sequence[Table], width: int = 200) -> str:
             console.print(part)
         console.print()
     return console.file.getvalue()
+
+
+def render_html(t: Table) -> str:
+    """One table as an HTML fragment (``<table class="results">``, bold as ``<strong>``, column
+    groups as spanning header cells, notes and footnote below); text is escaped."""
+    from html import escape
+
+    def cell(segs: list[Seg]) -> str:
+        return "".join(f"<strong>{escape(x)}</strong>" if b else escape(x) for x, b in segs)
+
+    head = []
+    if t.groups:
+        head.append("<tr><th></th>" + "".join(f'<th colspan="{span}">{escape(g)}</th>' for g, span in t.groups)
+                    + "</tr>")
+    head.append("<tr>" + "".join(f"<th>{escape(h)}</th>" for h in [t.row_header, *t.columns]) + "</tr>")
+    body = []
+    for block in t.blocks:
+        if block.label:
+            body.append(f'<tr class="block"><td colspan="{1 + len(t.columns)}"><em>{escape(block.label)}</em></td></tr>')
+        for label, cells in block.rows:
+            body.append(f"<tr><th>{escape(label)}</th>" + "".join(f"<td>{cell(c)}</td>" for c in cells) + "</tr>")
+    notes = "".join(f"<li>{escape(n)}</li>" for n in t.notes + t.footnote)
+    return (f'<table class="results"><caption>{escape(t.title)}</caption><thead>{"".join(head)}</thead>'
+            f'<tbody>{"".join(body)}</tbody></table><ul class="footnote">{notes}</ul>')

@@ -61,7 +61,8 @@ def load_runs(tracking_uri: str, status: str = "finished") -> pd.DataFrame:
     while exp_ids:
         page = client.search_runs(exp_ids, filter_string=filt, max_results=1000, page_token=token)
         for r in page:
-            row: dict[str, Any] = {"run_id": r.info.run_id, "status": r.info.status.lower(),
+            row: dict[str, Any] = {"run_id": r.info.run_id, "experiment_id": r.info.experiment_id,
+                                   "status": r.info.status.lower(),
                                    "end_time": r.info.end_time or r.info.start_time or 0}
             row.update({k[len(TAG_PREFIX):]: v for k, v in r.data.tags.items() if k.startswith(TAG_PREFIX)})
             row.update(r.data.metrics)
@@ -107,12 +108,27 @@ def select_runs(df: pd.DataFrame, dataset: str | None = None, methods: Sequence[
     if protocol:
         df = df[(df["protocol"] == protocol) | (df["protocol_tag"] == protocol)]
     df.loc[(df["method"] == ABLATION_METHOD) & (df["augment"] == ""), "augment"] = DEFAULT_AUGMENT
+    df = _split_settings(df)
     keys = ["protocol_tag", "method", "variant", "dataset", "setting", "ablation", "augment", "seed", "split_seed"]
     df = df.sort_values("end_time").groupby(keys, sort=False).tail(1).copy()
     # a method run in several variants under one protocol gets one row per variant: "action:paper"
     n_variants = df.groupby(["dataset", "protocol_tag", "method"])["variant"].transform("nunique")
     several = n_variants > 1
     df.loc[several, "method"] = df.loc[several, "method"] + ":" + df.loc[several, "variant"].replace("", "untagged")
+    return df
+
+
+def _split_settings(df: pd.DataFrame) -> pd.DataFrame:
+    """A run whose labeled patients were drawn by another split than its dataset's default (ACDC
+    with ``--split random``) is a setting of its own, "3 labeled (random split)": the field's fixed
+    patients and drawn ones never share a cell."""
+    if "split" not in df or not len(df):
+        return df
+    default = {name: getattr(_dataset_class(name), "default_split", "") for name in df["dataset"].unique()}
+    split = df["split"].fillna("").astype(str)
+    known = df["dataset"].map(default).fillna("")
+    other = (split != "") & (known != "") & (split != known)  # a dataset not installed here: left alone
+    df.loc[other, "setting"] = df.loc[other, "setting"] + " (" + split[other] + " split)"
     return df
 
 

@@ -1,0 +1,100 @@
+"""Per-case test results of the runs in a table, read from their run dirs.
+
+Every run writes ``test_{best,last}_per_case.csv`` (``ssl_bench.evaluate.write_eval``: one row
+per test case and foreground class, empty cell = undefined), so runs made before the statistics
+existed get them too. A run's dir is its tag ``run_dir``; a run dir that is no longer there (a
+results folder copied off a cluster) is looked up under the results root by its
+``mlflow_run_id`` file. Runs whose CSV cannot be found are listed in ``CaseData.missing`` and
+every table that needed them says so.
+
+The ``mean`` rows (the tables' "Average" column) are each case's mean over the foreground
+classes defined in it, as ``ssl_bench.metrics.aggregate`` computes a case's mean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pandas as pd
+
+#: the per-case columns the statistics use
+VALUES = ("dice", "asd_vox")
+KEYS = ["run_id", "seed", "split_seed", "case_id", "class"]
+
+
+@dataclass
+class CaseData:
+    """Per-case values of many runs (columns ``KEYS`` + ``VALUES``) and the runs without any."""
+
+    frame: pd.DataFrame
+    missing: list[str] = field(default_factory=list)  # run ids without a per-case CSV
+
+    def cell(self, run_ids: Iterable[str], cls: str) -> pd.DataFrame:
+        """The rows of these runs for one class (or ``mean``)."""
+        ids = set(run_ids)
+        f = self.frame
+        return f[f["run_id"].isin(ids) & (f["class"] == cls)]
+
+    def lacking(self, run_ids: Iterable[str]) -> list[str]:
+        return sorted(set(run_ids) & set(self.missing))
+
+
+def moved_run_dirs(results_root: Path | None) -> dict[str, Path]:
+    """run id -> run dir of every run dir under ``results_root`` (by its ``mlflow_run_id``)."""
+    from ssl_bench.tracking import find_run_dirs
+
+    out = {}
+    if results_root is None or not Path(results_root).is_dir():
+        return out
+    for d in find_run_dirs(results_root):
+        f = d / "mlflow_run_id"
+        if f.exists():
+            out[f.read_text().strip()] = d
+    return out
+
+
+def run_dir_of(run: Mapping, moved: Mapping[str, Path]) -> Path | None:
+    tagged = str(run.get("run_dir") or "")
+    if tagged and Path(tagged).is_dir():
+        return Path(tagged)
+    return moved.get(str(run["run_id"]))
+
+
+def read_case_csv(path: Path) -> pd.DataFrame:
+    """One per-case CSV with the ``mean`` rows added."""
+    df = pd.read_csv(path, dtype={"case_id": str, "class": str})
+    df = df[["case_id", "class", *VALUES]]
+    mean = df.groupby("case_id", sort=False)[list(VALUES)].mean().reset_index()  # NaN (undefined) skipped
+    mean = mean[mean["dice"].notna() | mean["asd_vox"].notna()].assign(**{"class": "mean"})
+    return pd.concat([df, mean], ignore_index=True)
+
+
+def run_dirs(runs: pd.DataFrame, results_root: Path | None = None) -> dict[str, Path | None]:
+    """run id -> its run dir (tag ``run_dir``, else found under ``results_root``), None if lost."""
+    out: dict[str, Path | None] = {}
+    moved: dict[str, Path] | None = None
+    for _, run in runs.iterrows():
+        found = run_dir_of(run, {})
+        if found is None:
+            moved = moved_run_dirs(results_root) if moved is None else moved  # one scan, when needed
+            found = run_dir_of(run, moved)
+        out[str(run["run_id"])] = found
+    return out
+
+
+def load_cases(runs: pd.DataFrame, checkpoints: Mapping[str, str],
+               results_root: Path | None = None) -> CaseData:
+    """Per-case results of ``runs`` at each method's checkpoint (``checkpoints[method]``)."""
+    dirs = run_dirs(runs, results_root)
+    parts, missing = [], []
+    for _, run in runs.iterrows():
+        run_dir = dirs[str(run["run_id"])]
+        path = run_dir / f"test_{checkpoints[run['method']]}_per_case.csv" if run_dir else None
+        if path is None or not path.exists():
+            missing.append(str(run["run_id"]))
+            continue
+        parts.append(read_case_csv(path).assign(run_id=str(run["run_id"]), seed=str(run["seed"]),
+                                                split_seed=str(run["split_seed"])))
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*KEYS, *VALUES])
+    return CaseData(frame[[*KEYS, *VALUES]], missing)
