@@ -126,3 +126,24 @@ def test_the_submitted_task_runs_under_submitit_and_resumes_after_preemption(tmp
     assert "resuming" in out and "stage local" in out, out
     assert metrics(run_dir)["status"] == "finished"
     assert [s.state for s in job_statuses(manifest)] == ["finished", "finished"]
+
+
+def test_reproduce_submits_its_grid_as_one_array(tmp_path, fake_slurm):
+    """`ssl-bench reproduce` launches through the same runner: one array job of the grid's runs."""
+    from typer.testing import CliRunner
+
+    from ssl_bench.cli import app
+
+    res = CliRunner().invoke(app, [
+        "reproduce", "table4", "--budget", "smoke", "--seeds", "0", "--executor", "slurm", "--partition", "gpu",
+        "--time", "30", "--data-root", str(tmp_path / "data"), "--results-root", str(tmp_path / "results")],
+        env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "submitted; when the jobs have finished" in res.output
+    (script,) = fake_slurm.glob("submitted-*.sh")
+    text = script.read_text()
+    assert "#SBATCH --array=0-3%4" in text and "#SBATCH --partition=gpu" in text  # Table 4: 4 augmentations
+    manifest = Manifest.find(tmp_path / "results")
+    argvs = [job["argv"] for job in manifest.jobs]
+    assert all("--protocol" in a and a[a.index("--protocol") + 1] == "field" for a in argvs)
+    assert {a[a.index("--set") + 1] for a in argvs} == {f"method.student_aug={s}" for s in ("weak", "strong")}

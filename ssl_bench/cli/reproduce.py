@@ -8,6 +8,9 @@ from typing import Optional
 import typer
 
 from ssl_bench.cli.common import console, fail, user_errors
+from ssl_bench.cli.sweep import (ARRAY_PARALLELISM, CPUS_PER_JOB, EXECUTOR, GPUS, GPUS_PER_JOB, JOBS, JOBS_PER_GPU,
+                                 MAX_REQUEUES, MEM_GB, PARTITION, SLURM_ARG, TIME_LIMIT, TRACKING_URI, Executor,
+                                 executor_kwargs)
 
 
 def reproduce(
@@ -18,7 +21,19 @@ def reproduce(
     methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated subset of the table's methods"),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="base budget (default: the protocol's, or the phantom preset with --budget smoke)"),
     set_: list[str] = typer.Option([], "--set", help="passed to every run (key=value)"),
-    jobs: int = typer.Option(0, "--jobs", "-j", help="parallel jobs without GPUs (default: one per CPU core); with GPUs: one job per GPU"),
+    executor: Executor = EXECUTOR,
+    gpus: Optional[str] = GPUS,
+    jobs_per_gpu: int = JOBS_PER_GPU,
+    jobs: int = JOBS,
+    partition: Optional[str] = PARTITION,
+    time_limit: str = TIME_LIMIT,
+    gpus_per_job: int = GPUS_PER_JOB,
+    cpus_per_job: Optional[int] = CPUS_PER_JOB,
+    mem_gb: Optional[float] = MEM_GB,
+    array_parallelism: int = ARRAY_PARALLELISM,
+    max_requeues: int = MAX_REQUEUES,
+    slurm_arg: list[str] = SLURM_ARG,
+    tracking_uri: Optional[str] = TRACKING_URI,
     dry_run: bool = typer.Option(False, "--dry-run", help="print the grid, the number of runs and the estimate; run nothing"),
     fmt: str = typer.Option("rich", "--format", help="rich, md or csv for the final comparison"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="also write the comparison to this file"),
@@ -40,6 +55,8 @@ def reproduce(
                               [m.strip() for m in methods.split(",")] if methods else None, iterations,
                               list(set_))
         job_list = req.jobs()
+        where = executor_kwargs(executor, gpus, jobs_per_gpu, jobs, partition, time_limit, gpus_per_job,
+                                cpus_per_job, mem_gb, array_parallelism, max_requeues, slurm_arg, tracking_uri)
         if fmt not in ("rich", "md", "csv"):
             raise ValueError(f"--format {fmt!r}: use rich, md or csv")
     except user_errors() as exc:
@@ -59,15 +76,21 @@ def reproduce(
         get_dataset_class(req.dataset)(engine.data_root(data_root))  # phantoms are generated once, here
     except user_errors() as exc:
         fail(str(exc))
-    uri = tracking.default_tracking_uri(rr)
+    uri = tracking.default_tracking_uri(rr, tracking_uri)
     from ssl_bench.sweep import SweepInterrupted, launch
 
     try:
-        codes = launch(job_list, results_root=rr, data_root=data_root, cpu_jobs=jobs, console=console)
+        codes = launch(job_list, results_root=rr, data_root=data_root, console=console, **where)
     except SweepInterrupted as exc:
         fail(f"interrupted: {exc}", code=130)
     except user_errors() as exc:
         fail(str(exc))
+    except RuntimeError as exc:  # sbatch refused the array
+        fail(str(exc), code=1)
+    if None in codes.values():  # submitted to Slurm: the comparison comes once the array has run
+        console.print("submitted; when the jobs have finished, run the same command again to print the comparison "
+                      "(finished runs are skipped), or follow them with `ssl-bench sweep status`")
+        return
     failed = [k for k, v in codes.items() if v != 0]
     _print_comparison(req, uri, rr, fmt, output)
     if failed:

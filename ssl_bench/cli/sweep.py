@@ -17,6 +17,36 @@ class Executor(str, Enum):
     slurm = "slurm"
 
 
+# Where jobs run: options shared by `sweep` and `reproduce` (one definition, two commands).
+EXECUTOR = typer.Option(Executor.local, "--executor", help="local: this machine's slots; slurm: an array job through submitit")
+GPUS = typer.Option(None, "--gpus", help="local: GPU ids, e.g. 0,1 (default: every visible GPU; none: CPU slots)")
+JOBS_PER_GPU = typer.Option(1, "--jobs-per-gpu", help="local: jobs sharing each GPU")
+JOBS = typer.Option(0, "--jobs", "-j", help="local without GPUs: CPU slots, one thread each (default: one per core)")
+PARTITION = typer.Option(None, "--partition", help="slurm: partition")
+TIME_LIMIT = typer.Option("24:00:00", "--time", help="slurm: time limit per job (minutes, HH:MM:SS or D-HH:MM:SS)")
+GPUS_PER_JOB = typer.Option(1, "--gpus-per-job", help="slurm: GPUs per job (0: CPU jobs)")
+CPUS_PER_JOB = typer.Option(None, "--cpus-per-job", help="slurm: CPUs per job")
+MEM_GB = typer.Option(None, "--mem-gb", help="slurm: memory per job in GB")
+ARRAY_PARALLELISM = typer.Option(256, "--array-parallelism", help="slurm: jobs of the array running at once")
+MAX_REQUEUES = typer.Option(3, "--max-requeues", help="slurm: requeues after a timeout (each resumes from the last checkpoint)")
+SLURM_ARG = typer.Option([], "--slurm-arg", help="slurm: any sbatch option, key=value (repeatable), e.g. qos=high")
+TRACKING_URI = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for every run, e.g. http://host:5000 (default: SQLite under the results root)")
+
+
+def executor_kwargs(executor, gpus, jobs_per_gpu, jobs, partition, time_limit, gpus_per_job, cpus_per_job, mem_gb,
+                    array_parallelism, max_requeues, slurm_arg, tracking_uri) -> dict:
+    """The keyword arguments of ``ssl_bench.sweep.launch`` that say where jobs run (--time checked now)."""
+    from ssl_bench.sweep import SlurmOptions
+    from ssl_bench.sweep.slurm import parse_slurm_args
+
+    slurm = SlurmOptions(partition=partition, time=time_limit, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
+                         mem_gb=mem_gb, array_parallelism=array_parallelism, max_requeues=max_requeues,
+                         extra=parse_slurm_args(slurm_arg))
+    slurm.minutes  # noqa: B018  (raises on a malformed --time)
+    return dict(executor=executor.value, tracking_uri=tracking_uri, gpus=gpus, jobs_per_gpu=jobs_per_gpu,
+                cpu_jobs=jobs, slurm=slurm)
+
+
 @sweep_app.callback(invoke_without_command=True)
 def sweep(
     ctx: typer.Context,
@@ -29,29 +59,28 @@ def sweep(
     protocol: Optional[str] = typer.Option(None, "--protocol", help="training protocol of every run (see `ssl-bench protocols`)"),
     set_: list[str] = typer.Option([], "--set", help="passed to every run"),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n"),
-    executor: Executor = typer.Option(Executor.local, "--executor", help="local: this machine's slots; slurm: an array job through submitit"),
-    gpus: Optional[str] = typer.Option(None, "--gpus", help="local: GPU ids, e.g. 0,1 (default: every visible GPU; none: CPU slots)"),
-    jobs_per_gpu: int = typer.Option(1, "--jobs-per-gpu", help="local: jobs sharing each GPU"),
-    jobs: int = typer.Option(0, "--jobs", "-j", help="local without GPUs: CPU slots, one thread each (default: one per core)"),
-    partition: Optional[str] = typer.Option(None, "--partition", help="slurm: partition"),
-    time_limit: str = typer.Option("24:00:00", "--time", help="slurm: time limit per job (minutes, HH:MM:SS or D-HH:MM:SS)"),
-    gpus_per_job: int = typer.Option(1, "--gpus-per-job", help="slurm: GPUs per job (0: CPU jobs)"),
-    cpus_per_job: Optional[int] = typer.Option(None, "--cpus-per-job", help="slurm: CPUs per job"),
-    mem_gb: Optional[float] = typer.Option(None, "--mem-gb", help="slurm: memory per job in GB"),
-    array_parallelism: int = typer.Option(256, "--array-parallelism", help="slurm: jobs of the array running at once"),
-    max_requeues: int = typer.Option(3, "--max-requeues", help="slurm: requeues after a timeout (each resumes from the last checkpoint)"),
-    slurm_arg: list[str] = typer.Option([], "--slurm-arg", help="slurm: any sbatch option, key=value (repeatable), e.g. qos=high"),
+    executor: Executor = EXECUTOR,
+    gpus: Optional[str] = GPUS,
+    jobs_per_gpu: int = JOBS_PER_GPU,
+    jobs: int = JOBS,
+    partition: Optional[str] = PARTITION,
+    time_limit: str = TIME_LIMIT,
+    gpus_per_job: int = GPUS_PER_JOB,
+    cpus_per_job: Optional[int] = CPUS_PER_JOB,
+    mem_gb: Optional[float] = MEM_GB,
+    array_parallelism: int = ARRAY_PARALLELISM,
+    max_requeues: int = MAX_REQUEUES,
+    slurm_arg: list[str] = SLURM_ARG,
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (jobs, finished, device-hours) and stop"),
     results_root: Optional[Path] = typer.Option(None, "--results-root"),
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for every run, e.g. http://host:5000 (default: SQLite under the results root)"),
+    tracking_uri: Optional[str] = TRACKING_URI,
 ):
     """Run every (method, setting, seed) through local GPU/CPU slots or Slurm, longest first (resumable)."""
     if ctx.invoked_subcommand is not None:
         return
     from ssl_bench.registry import get_dataset_class, get_method_class, list_methods
-    from ssl_bench.sweep import SlurmOptions, SweepInterrupted, expand, launch
-    from ssl_bench.sweep.slurm import parse_slurm_args
+    from ssl_bench.sweep import SweepInterrupted, expand, launch
 
     try:
         if not methods or not dataset:
@@ -67,14 +96,11 @@ def sweep(
         extra = [a for s in set_ for a in ("--set", s)]
         extra += ["--iterations", str(iterations)] if iterations else []
         extra += ["--protocol", protocol] if protocol else []
-        slurm = SlurmOptions(partition=partition, time=time_limit, gpus_per_job=gpus_per_job,
-                             cpus_per_job=cpus_per_job, mem_gb=mem_gb, array_parallelism=array_parallelism,
-                             max_requeues=max_requeues, extra=parse_slurm_args(slurm_arg))
-        slurm.minutes  # checks --time now
+        where = executor_kwargs(executor, gpus, jobs_per_gpu, jobs, partition, time_limit, gpus_per_job,
+                                cpus_per_job, mem_gb, array_parallelism, max_requeues, slurm_arg, tracking_uri)
         job_list = expand(names, dataset, labeled, ratio, seed_list, split_list, extra)
-        codes = launch(job_list, executor=executor.value, results_root=results_root, data_root=data_root,
-                       tracking_uri=tracking_uri, gpus=gpus, jobs_per_gpu=jobs_per_gpu, cpu_jobs=jobs,
-                       slurm=slurm, dry_run=dry_run, console=console)
+        codes = launch(job_list, results_root=results_root, data_root=data_root, dry_run=dry_run, console=console,
+                       **where)
     except SweepInterrupted as exc:
         fail(f"interrupted: {exc}", code=130)
     except user_errors() as exc:
