@@ -7,7 +7,7 @@ and learns. The real dataset is Bernard et al., IEEE TMI 2018 (see ``acdc.py``).
 
 What is drawn (per patient, deterministically from ``(PHANTOM_VERSION, patient index)``; the
 drawing is in ``phantom_heart.py``): short-axis cine-MRI-like stacks of 8-12 slices of 112 x 112
-px, spacing (5-10, 0.7-1.3, 0.7-1.3) mm; a bright LV blood pool with dark papillary muscles
+px, spacing (5-10, 0.6-1.6, 0.6-1.6) mm; a bright LV blood pool with dark papillary muscles
 (labelled LV, as in ACDC), a dark myocardial ring, a bright RV crescent beside it with an
 unlabelled dark free wall; along the stack the heart shrinks toward the apex, drifts, and the RV
 vanishes in the apical slices; the ES frame has smaller cavities and a thicker myocardium. Around

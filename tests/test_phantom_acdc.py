@@ -33,7 +33,7 @@ def test_generated_in_raw_acdc_layout_on_first_use(ds):
     assert case.meta["raw_frame"] == es and case.meta["phase"] == "ES"
     assert 8 <= case.image.shape[0] <= 12 and case.image.shape[1:] == (112, 112)
     assert case.image.min() == 0.0 and case.image.max() == 1.0 and case.image.dtype == np.float32
-    assert case.spacing[0] in (5.0, 6.5, 8.0, 10.0) and 0.9 <= case.spacing[1] == case.spacing[2] <= 2.0
+    assert case.spacing[0] in (5.0, 6.5, 8.0, 10.0) and 0.5 <= case.spacing[1] == case.spacing[2] <= 1.7
     slices = ds.load_slices(["patient002_frame01"], 64)  # through the slice cache
     assert slices.images.shape[1:] == (64, 64) and slices.labels.max() == 3
     assert len(slices) == ds.load_case("patient002_frame01").image.shape[0]
