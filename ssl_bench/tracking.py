@@ -16,8 +16,9 @@ Run-directory files (all JSON is UTF-8; non-finite floats are written as ``null`
     One flat JSON object of the run's tags, keys *without* the ``ssl_bench.`` prefix, values
     strings: ``method``, ``dataset``, ``setting``, ``seed``, ``split_seed``, ``ablation``,
     ``augment`` (ACTION only), ``git_commit``, ``run_dir``, ``status``
-    (``running``/``finished``/``failed``), ``status_message`` (failed runs), ``experiment``
-    and ``run_name``. ``RunTracker.start`` writes it (merging what is there) and
+    (``running``/``finished``/``failed``), ``status_message`` (failed runs), ``experiment``,
+    ``run_name``, and ``host``/``pid``/``pid_started``: the process that last started or resumed
+    the run (``ssl_bench.owner``; a run left ``running`` by a killed process is told by them). ``RunTracker.start`` writes it (merging what is there) and
     ``set_status`` updates ``status``.
 ``log.jsonl``
     Training curves, appended by ``RunTracker.log_metrics``: one JSON object per line,
@@ -66,6 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
+from ssl_bench import owner
 from ssl_bench.config import flatten
 
 T = TypeVar("T")
@@ -342,6 +344,7 @@ class RunTracker:
         self.tags.setdefault("git_commit", git_commit())
         self.tags["status"] = "running"
         self.tags.pop("status_message", None)
+        self.tags.update(owner.identity())  # who writes the run dir now (sweep status checks it)
         self.tags["experiment"] = self.experiment_name
         self.tags["run_name"] = self.run_name
         self._write_tags()

@@ -5,7 +5,9 @@ A job is
 ``failed``    its process exited non-zero, or its run says failed: the last line of its log tells why;
 ``stopped``   interrupted (Ctrl-C, SIGTERM) or gone without an exit code: a re-run of the sweep resumes it;
 ``running``   a live process on this host, or (another host, Slurm) its run says running; with its
-              progress from ``log.jsonl`` and how long ago it last logged;
+              progress from ``log.jsonl`` and how long ago it last logged. A run that says running
+              but whose process (``host``/``pid``/``pid_started`` of its tags) is gone from this
+              host, killed or lost in a restart, is ``stopped``;
 ``queued``    nothing has started it yet.
 """
 from __future__ import annotations
@@ -16,6 +18,8 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ssl_bench import owner
 
 STYLE = {"finished": "green", "failed": "bold red", "stopped": "magenta", "running": "yellow", "queued": "dim"}
 
@@ -70,16 +74,6 @@ def finished_metrics(run_dir: Path) -> dict | None:
     return metrics if metrics.get("status") == "finished" else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _ago(path: Path, now: float) -> str:
     try:
         return f"logged {now - path.stat().st_mtime:.0f} s ago"
@@ -110,11 +104,16 @@ def job_status(entry: dict, now: float | None = None) -> JobStatus:
         return JobStatus(entry["name"], "failed", progress, f"exit {code}: {why}")
     pid = entry.get("pid")
     if pid is not None and entry.get("host") == socket.gethostname():
-        if _alive(int(pid)):
+        # the launcher records its start just after the fork: a pid reused after a restart differs
+        started = entry.get("started")
+        if owner.is_alive(int(pid), float(started) if started else None, tolerance_s=30.0):
             return JobStatus(entry["name"], "running", progress, f"{entry.get('slot', '')}, {_ago(run_dir / 'log.jsonl', now)}")
         return JobStatus(entry["name"], "stopped", progress, "its process is gone; re-run the sweep to resume")
     status = tags.get("status")
     where = entry.get("slurm_job_id") or entry.get("host") or ""
+    if status == "running" and owner.owner_alive(tags) is False:
+        return JobStatus(entry["name"], "stopped", progress,
+                         f"its process (pid {tags.get('pid')}) is gone; the sweep resumes it (re-run it if it has stopped)")
     if status == "running":
         return JobStatus(entry["name"], "running", progress, f"{where} {_ago(run_dir / 'log.jsonl', now)}".strip())
     if status == "failed":
