@@ -297,3 +297,27 @@ def test_variants_of_one_method_get_their_own_rows():
     assert t.blocks[0].rows[1][1][0][0][0] == "70.0" and t.blocks[0].rows[2][1][0][0][0] == "50.0±0.0"
     abl = tbl.ablation_tables(kept, "best")
     assert len(abl) == 4 and "ACTION (paper)" in abl[0].title
+
+
+def test_footnote_restates_what_the_runs_trained_with(tmp_path, mlflow_template_db):
+    """The protocol line gives the paper-scale recipe; runs at a CPU budget say what they ran."""
+    shutil.copyfile(mlflow_template_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train = {"iterations": 1500, "labeled_bs": 6, "unlabeled_bs": 6, "image_size": 64,
+             "supervised_whole_batch": False, "budget_scale": 1.0}
+    for method, seed, extra in [("mt", 0, {}), ("mt", 1, {}), ("action", 0, {"budget_scale": 3.0, "labeled_bs": 4,
+                                                                                "unlabeled_bs": 4}),
+                                ("unet-l", 0, {"supervised_whole_batch": True})]:
+        t = RunTracker(tmp_path / f"{method}{seed}", uri, "ssl-bench/acdc", f"{method}{seed}",
+                       {"method": method, "dataset": "acdc", "setting": "3 labeled", "seed": seed, "split_seed": 0,
+                        "protocol": "field", "protocol_version": "1"}, {"train": {**train, **extra}})
+        t.start()
+        t.log_final({"test/best/dice/mean": 0.5, "test/best/asd_vox/mean": 2.0,
+                     "test/last/dice/mean": 0.5, "test/last/asd_vox/mean": 2.0})
+        t.set_status("finished")
+    df = tbl.select_runs(tbl.load_runs(uri))
+    assert df.loc[df["method"] == "action", "as_run.budget_scale"].iloc[0] == "3.0"
+    [table] = tbl.main_tables(df)
+    assert ("As run (gradient steps x slices per step, 64 px): UNet-L 1500 x 12 labeled, MT 1500 x (6 + 6), "
+            "ACTION 4500 x (4 + 4).") in table.footnote
+    assert tbl.as_run_line(df.drop(columns=["as_run.image_size"])) is None  # runs that did not log it

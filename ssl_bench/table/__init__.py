@@ -26,7 +26,7 @@ from .ablation import ablation_tables  # noqa: F401
 from .compare import comparison_tables  # noqa: F401
 from .cost import cost_tables  # noqa: F401
 from .main import main_tables, method_checkpoints  # noqa: F401
-from .model import (ASD_DIGITS, DICE_DIGITS, Block, Seg, Stat, Table, checkpoint_line,  # noqa: F401
+from .model import (ASD_DIGITS, DICE_DIGITS, Block, Seg, Stat, Table, as_run_line, checkpoint_line,  # noqa: F401
                     fmt_ci, fmt_stat, footnote, measured_cell, protocol_line, published_cell)
 from .render import render, render_csv, render_html, render_latex, render_md, render_text, rich_tables  # noqa: F401
 from .runs import *  # noqa: F401,F403

@@ -5,7 +5,7 @@ import pandas as pd
 
 from .cases import CaseData, load_cases
 from .main import cell_record, interval_fields, method_checkpoints
-from .model import Block, Stat, Table, footnote, measured_cell, protocol_line, published_cell
+from .model import Block, Stat, Table, as_run_line, footnote, measured_cell, protocol_line, published_cell
 from .runs import (ABLATION_METHOD, ABLATIONS, AUGMENTS, DEFAULT_AUGMENT, PAPER, REPORTED, base_method,
                    column_values, display_name, read_reference, reference_name, setting_order)
 from .significance import ci_of, mark_grid, statistics_lines
@@ -43,6 +43,8 @@ def ablation_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, ci: bool = F
             t.protocol = ptag
             t.title = t.title.replace(f", {setting} (", f", {setting}, protocol {ptag}{variant} (")
             t.footnote[0] = protocol_line(ptag)
+            if (as_run := as_run_line(d)) is not None:
+                t.footnote.insert(1, as_run)
             tables.append(t)
     return tables
 

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from .cases import CaseData, load_cases
-from .model import Block, Stat, Table, footnote, measured_cell, published_cell
+from .model import Block, Stat, Table, as_run_line, footnote, measured_cell, published_cell
 from .runs import (PAPER, PUBLISHED_LABEL, REPORTED, class_order, column_values, display_name, is_main_variant,
                    method_order, read_reference, reference_name, setting_order)
 from .significance import ci_of, mark_grid, statistics_lines
@@ -47,7 +47,7 @@ def main_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, with_published: 
                 table.notes.append(why[0].upper() + why[1:] + ".")
                 if warn is not None:
                     warn(f"{dataset}: {why}")
-        table.footnote = footnote(checkpoint, extra, ptag, per_method, stats_lines)
+        table.footnote = footnote(checkpoint, extra, ptag, per_method, stats_lines, as_run_line(d))
         tables.append(table)
     return tables
 

@@ -89,6 +89,40 @@ def protocol_line(protocol_tag: str | None) -> str:
     return f"Protocol: {protocol_tag}{stale}; budget: {p.budget_rule}."
 
 
+def as_run_line(runs) -> str | None:
+    """What the runs of a table trained with: total gradient steps, the slices per step and the
+    image size of each method, from their logged params (None where runs lack them). The protocol
+    line states the paper-scale recipe; runs at a CPU preset or a ``--iterations`` budget differ."""
+    from ssl_bench.registry import get_method_class
+
+    from .runs import base_method, display_name, method_order
+
+    needed = ["as_run.iterations", "as_run.labeled_bs", "as_run.unlabeled_bs", "as_run.image_size"]
+    if not len(runs) or any(c not in runs or runs[c].isna().any() for c in needed):
+        return None
+    per_method, sizes = {}, set()
+    for method, r in runs.groupby("method"):
+        try:
+            supervised_only = bool(getattr(get_method_class(base_method(method)), "supervised_only", False))
+        except Exception:  # a plugin not installed here
+            supervised_only = False
+        seen = []
+        for _, row in r.iterrows():
+            scale = float(row.get("as_run.budget_scale") or 1.0)
+            steps = round(int(row["as_run.iterations"]) * scale)
+            lab, unl = int(row["as_run.labeled_bs"]), int(row["as_run.unlabeled_bs"])
+            whole = str(row.get("as_run.supervised_whole_batch", "")).lower() == "true"
+            batch = f"{lab + unl if whole else lab} labeled" if supervised_only else f"({lab} + {unl})"
+            text = f"{steps} x {batch}"
+            if text not in seen:
+                seen.append(text)
+            sizes.add(str(row["as_run.image_size"]))
+        per_method[display_name(method)] = " or ".join(seen)
+    shown = ", ".join(f"{m} {per_method[m]}" for m in sorted(per_method, key=method_order))
+    px = f"{sizes.pop()} px" if len(sizes) == 1 else "px: " + "/".join(sorted(sizes, key=int))
+    return f"As run (gradient steps x slices per step, {px}): {shown}."
+
+
 def checkpoint_line(checkpoint: str, per_method: Mapping[str, str] | None = None) -> str:
     if checkpoint != REPORTED:
         return f"Checkpoint: {checkpoint} ({CHECKPOINT_MEANING.get(checkpoint, checkpoint)}), test split."
@@ -101,11 +135,13 @@ def checkpoint_line(checkpoint: str, per_method: Mapping[str, str] | None = None
 
 
 def footnote(checkpoint: str, extra: Sequence[str] = (), protocol_tag: str | None = None,
-             per_method: Mapping[str, str] | None = None, statistics: Sequence[str] = ()) -> list[str]:
+             per_method: Mapping[str, str] | None = None, statistics: Sequence[str] = (),
+             as_run: str | None = None) -> list[str]:
     """``statistics``: what the std covers, how bold was decided, the intervals
-    (``ssl_bench.table.significance``)."""
+    (``ssl_bench.table.significance``); ``as_run``: ``as_run_line`` of the table's runs."""
     return [
         protocol_line(protocol_tag),
+        *([as_run] if as_run else []),
         checkpoint_line(checkpoint, per_method),
         "Units: DSC in %, ASD in voxels; cells are mean±std over runs (sample std, none when n=1).",
         *statistics,

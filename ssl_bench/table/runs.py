@@ -42,6 +42,12 @@ DEFAULT_AUGMENT = "strong-weak"
 ABLATION_METHOD = "action"
 
 
+#: the training params a table's footnote restates as run (a protocol's budget rule is its paper
+#: scale; runs may be smaller, e.g. the phantoms' CPU preset); columns ``as_run.<key>``
+AS_RUN_PARAMS = ("train.iterations", "train.budget_scale", "train.labeled_bs", "train.unlabeled_bs",
+                 "train.image_size", "train.supervised_whole_batch")
+
+
 class TableError(RuntimeError):
     """Nothing to show (no store, no matching runs); the message says what to do."""
 
@@ -66,6 +72,7 @@ def load_runs(tracking_uri: str, status: str = "finished") -> pd.DataFrame:
                                    "end_time": r.info.end_time or r.info.start_time or 0}
             row.update({k[len(TAG_PREFIX):]: v for k, v in r.data.tags.items() if k.startswith(TAG_PREFIX)})
             row.update(r.data.metrics)
+            row.update({"as_run." + k[len("train."):]: v for k, v in r.data.params.items() if k in AS_RUN_PARAMS})
             rows.append(row)
         token = page.token
         if not token:
