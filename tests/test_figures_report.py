@@ -11,7 +11,7 @@ from matplotlib.image import imread
 
 from ssl_bench import figures
 from ssl_bench import table as tbl
-from ssl_bench.figures.common import class_color
+from ssl_bench.figures.common import class_color, method_color, method_colors
 
 pytestmark = pytest.mark.slow
 METHODS = ["UNet-L", "MT"]
@@ -121,3 +121,14 @@ def test_cli_figure_logs_to_a_run_and_reports_bad_input(runs, tmp_path):
     assert res.exit_code == 2 and "at least one --dataset" in res.output
     res = CliRunner().invoke(app, ["report", "--compare-to", "zzz", "-o", str(tmp_path / "r.html"), *args[:4]])
     assert res.exit_code == 2 and "--compare-to zzz" in res.output and not (tmp_path / "r.html").exists()
+
+
+def test_methods_of_one_figure_get_distinct_colours_and_keep_their_own():
+    shown = ["unet-f", "unet-l", "mt", "cps", "action:paper", "action:released", "bcp", "my-plugin", "other-plugin"]
+    colors = method_colors(shown)
+    assert len(set(colors.values())) == len(shown)  # variants and plugins never share a colour
+    for m in ["unet-f", "unet-l", "mt", "cps", "bcp", "action:paper"]:  # the first of a colour keeps it
+        assert colors[m] == method_color(m)
+    assert method_color("action:released") == method_color("action:paper") == method_color("action")
+    assert colors["action:released"] not in {method_color(m) for m in shown}  # a colour nobody claims
+    assert method_colors(["mt", "cps"]) == {"mt": method_color("mt"), "cps": method_color("cps")}

@@ -16,7 +16,7 @@ from ssl_bench.table.cases import run_dirs
 from ssl_bench.table.runs import display_name, setting_order
 from ssl_bench.tracking import read_log
 
-from .common import FigureResult, methods_in, method_color, save, shown_runs
+from .common import FigureResult, legend_below, method_colors, methods_in, save, shown_runs
 
 METRIC = "val/dice/mean"
 
@@ -38,6 +38,7 @@ def curves(runs: pd.DataFrame, out_dir: Path, results_root: Path | None = None,
     settings = sorted(runs["setting"].unique(), key=setting_order)
     fig, axes = plt.subplots(1, len(settings), figsize=(6.4 * len(settings), 4.4), squeeze=False, sharey=True)
     labels, notes = [], []
+    colors = method_colors(methods_in(runs))
     for ax, setting in zip(axes[0], settings):
         here = runs[runs["setting"] == setting]
         for m in methods_in(here):
@@ -48,7 +49,7 @@ def curves(runs: pd.DataFrame, out_dir: Path, results_root: Path | None = None,
                 continue
             table = pd.concat(series, axis=1)  # steps x runs
             mean, std = table.mean(axis=1), table.std(axis=1)
-            color = method_color(m)
+            color = colors[m]
             ax.plot(mean.index, mean.values, color=color, lw=1.8, label=display_name(m))
             if table.shape[1] > 1:
                 ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=color, alpha=0.2, lw=0)
@@ -59,7 +60,7 @@ def curves(runs: pd.DataFrame, out_dir: Path, results_root: Path | None = None,
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation DSC [%]")
     handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}
-    fig.legend([handles[k] for k in labels], labels, loc="lower center", ncol=min(len(labels), 8) or 1, frameon=False)
+    bottom = legend_below(fig, [handles[k] for k in labels], labels)
     fig.suptitle("Validation Dice during training (mean ± std over runs)")
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     return save(fig, out_dir, name, "curves", labels, notes)

@@ -15,7 +15,7 @@ from ssl_bench.table.main import method_checkpoints
 from ssl_bench.table.model import Stat
 from ssl_bench.table.runs import REPORTED, column_values, display_name, setting_order
 
-from .common import FigureResult, methods_in, method_color, save, shown_runs
+from .common import FigureResult, method_colors, methods_in, save, shown_runs
 
 
 def ratio(runs: pd.DataFrame, out_dir: Path, checkpoint: str = REPORTED, name: str = "ratio") -> FigureResult:
@@ -24,6 +24,7 @@ def ratio(runs: pd.DataFrame, out_dir: Path, checkpoint: str = REPORTED, name: s
     settings = sorted(runs["setting"].unique(), key=setting_order)
     fig, ax = plt.subplots(figsize=(7.2, 4.8))
     labels = []
+    colors = method_colors(methods_in(runs))
     for k, m in enumerate(methods_in(runs)):
         xs, ys, errs, ns = [], [], [], []
         for x, s in enumerate(settings):
@@ -36,10 +37,10 @@ def ratio(runs: pd.DataFrame, out_dir: Path, checkpoint: str = REPORTED, name: s
                 ns.append(stat.n)
         if not xs:
             continue
-        ax.errorbar(xs, ys, yerr=errs, color=method_color(m), marker="o", capsize=4, lw=1.6, label=display_name(m))
+        ax.errorbar(xs, ys, yerr=errs, color=colors[m], marker="o", capsize=4, lw=1.6, label=display_name(m))
         for x, y, n in zip(xs, ys, ns):
             ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(6, -10), fontsize=7,
-                        color=method_color(m))
+                        color=colors[m])
         labels.append(display_name(m))
     ax.set_xticks(range(len(settings)), settings)
     ax.set_xlabel("labeled setting")

@@ -15,7 +15,7 @@ import pandas as pd
 from ssl_bench.table.main import method_checkpoints
 from ssl_bench.table.runs import REPORTED, display_name, setting_order
 
-from .common import FigureResult, methods_in, method_color, save, shown_runs
+from .common import FigureResult, legend_below, method_colors, methods_in, save, shown_runs
 
 MARKERS = ["o", "^", "s", "D", "v", "P", "X"]
 
@@ -24,6 +24,7 @@ def seeds(runs: pd.DataFrame, out_dir: Path, checkpoint: str = REPORTED, name: s
     runs = shown_runs(runs)
     per_method = method_checkpoints(runs, checkpoint)
     methods = methods_in(runs)
+    colors = method_colors(methods)
     settings = sorted(runs["setting"].unique(), key=setting_order)
     splits = sorted(runs["split_seed"].unique(), key=int)
     markers = dict(zip(splits, MARKERS * len(splits)))
@@ -39,9 +40,9 @@ def seeds(runs: pd.DataFrame, out_dir: Path, checkpoint: str = REPORTED, name: s
             values = 100.0 * here[col].astype(float).to_numpy()
             offsets = np.linspace(-0.18, 0.18, values.size) if values.size > 1 else np.zeros(1)
             for k, split in enumerate(here["split_seed"]):
-                ax.scatter(x + offsets[k], values[k], s=30, color=method_color(m), edgecolor="black", lw=0.4,
+                ax.scatter(x + offsets[k], values[k], s=30, color=colors[m], edgecolor="black", lw=0.4,
                            zorder=3, marker=markers[split], label=display_name(m))
-            ax.hlines(values.mean(), x - 0.3, x + 0.3, color=method_color(m), lw=2.2, zorder=2)
+            ax.hlines(values.mean(), x - 0.3, x + 0.3, color=colors[m], lw=2.2, zorder=2)
         ax.set_xticks(range(len(methods)), [display_name(m) for m in methods], rotation=30, ha="right")
         ax.set_title(setting)
         ax.grid(axis="y", alpha=0.3)
@@ -54,7 +55,7 @@ def seeds(runs: pd.DataFrame, out_dir: Path, checkpoint: str = REPORTED, name: s
     shown = [handles[k] for k in labels]
     if len(splits) > 1:  # one grey marker per split seed
         shown += [Line2D([], [], ls="", marker=markers[k], color="grey", label=f"split seed {k}") for k in splits]
-    fig.legend(shown, [h.get_label() for h in shown], loc="lower center", ncol=min(len(shown), 8), frameon=False)
+    bottom = legend_below(fig, shown, [h.get_label() for h in shown])
     fig.suptitle("Per-run test Dice: the spread over seeds")
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     return save(fig, out_dir, name, "seeds", labels)
