@@ -228,8 +228,11 @@ def test_ctrl_c_stops_every_child_and_records_it(tmp_path):
     names = ["a", "b", "c"]
     manifest = _manifest(tmp_path, {n: [sys.executable, "-c", SLOW_JOB, str(tmp_path / f"{n}.state")] for n in names})
     manifest.write()
+    # started as a script's background job is (`sweep &`): SIGINT ignored, inherited by the sweep;
+    # Ctrl-C must still stop it, and its jobs must not inherit the ignore
     sweep = subprocess.Popen([sys.executable, "-c", SWEEP_UNDER_SIGINT, str(manifest.path)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.time() + 120
     while not ((tmp_path / "a.state").exists() and (tmp_path / "b.state").exists()):
         assert time.time() < deadline and sweep.poll() is None, sweep.communicate()[0]

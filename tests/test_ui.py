@@ -71,14 +71,21 @@ def rest(base: str, path: str, body: dict | None = None) -> dict:
         return json.loads(r.read())
 
 
+def as_background_job() -> None:
+    """Start a child as a non-interactive shell starts a background job (``cmd &``): with SIGINT
+    ignored, which the child inherits. Ctrl-C (SIGINT) must stop ``ssl-bench ui`` all the same."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class UI:
     """``ssl-bench ui`` in a subprocess; its printed links and its server's process group."""
 
     def __init__(self, root: Path, uri: str, **env):
+        self.pgid = None
         self.proc = subprocess.Popen([sys.executable, "-m", "ssl_bench.cli", "ui", "--results-root", str(root),
                                       "--tracking-uri", uri],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, **env})
+                                     env={**os.environ, **env}, preexec_fn=as_background_job)
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [self.lines.put(x) for x in self.proc.stdout], daemon=True).start()
         self.output = ""
@@ -91,7 +98,17 @@ class UI:
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout=90)
+        try:
+            return self.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:  # the test fails, but leaves no server behind
+            if self.pgid is not None:  # the server's own group (never this test's)
+                try:
+                    os.killpg(self.pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
     def _wait_until_served(self) -> None:
         m = self.wait_for(r"MLflow UI on (http://127\.0\.0\.1:(\d+))/", 120)

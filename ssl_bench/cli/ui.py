@@ -133,6 +133,8 @@ def ui(
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     base = f"http://{host}:{port}"
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # Ctrl-C even where this process was started with SIGINT ignored (a background job of a script)
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     proc, code = None, 0
     try:
         proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,

@@ -123,15 +123,17 @@ def run_local(manifest: Manifest, names: list[str], slots: list[Slot], console=N
 
 
 def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler, `kill`) stops the sweep like Ctrl-C; returns the undo."""
+    """SIGTERM (a scheduler, `kill`) stops the sweep like Ctrl-C, and SIGINT does so even where
+    the sweep was started with SIGINT ignored (a background job of a script); returns the undo."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+    return lambda: [signal.signal(s, h) for s, h in previous.items()]
 
 
 class _View:

@@ -12,10 +12,18 @@ from typing import IO, Mapping, Sequence
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_parent() -> None:
-    """Linux: the child is killed when the process that started it dies. A job left running
+def _child_setup() -> None:
+    """In the child, before it runs its command.
+
+    SIGINT back to its default: ``stop`` asks a job to stop with SIGINT, and a sweep started with
+    SIGINT ignored (a background job of a non-interactive shell, some CI runners) would pass the
+    ignore on to its jobs, which would then run on until SIGKILL, losing the work since their
+    last checkpoint.
+
+    Linux: the child is killed when the process that started it dies. A job left running
     unwatched would go on writing its run dir, and a re-run of the sweep would start a second
     writer there. (Elsewhere a child outlives a killed sweep; Ctrl-C still stops it.)"""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -25,7 +33,7 @@ def start(argv: Sequence[str], env: Mapping[str, str], log: IO | None = None,
     """Start ``argv``; ``new_session``: in its own session, so that a Ctrl-C in the terminal
     reaches only the sweep, which then stops its children itself (``stop``)."""
     return subprocess.Popen(list(argv), env=dict(env), stdout=log, stderr=subprocess.STDOUT if log else None,
-                            start_new_session=new_session, preexec_fn=_die_with_parent)
+                            start_new_session=new_session, preexec_fn=_child_setup)
 
 
 def stop(proc: subprocess.Popen, grace_s: float = 30.0) -> int:
