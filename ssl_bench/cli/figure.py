@@ -13,7 +13,8 @@ from typing import List, Optional
 
 import typer
 
-from ssl_bench.cli.common import console, fail, user_errors
+from ssl_bench.cli.common import (CHECKPOINT, CHECKPOINTS, METHODS, PROTOCOL, RESULTS_ROOT, TRACKING_URI, console,
+                                  fail, user_errors)
 
 
 class Kind(str, Enum):
@@ -27,22 +28,22 @@ class Kind(str, Enum):
 def figure(
     kind: Kind = typer.Argument(..., help="qualitative, curves, ratio, imbalance or seeds"),
     dataset: List[str] = typer.Option([], "--dataset", help="dataset of the runs (imbalance: repeatable, one panel each)"),
-    method: Optional[List[str]] = typer.Option(None, "--method", help="only these methods (repeatable)"),
+    method: Optional[List[str]] = METHODS,
     setting: Optional[str] = typer.Option(None, "--setting", help='only this labeled setting, e.g. "3 labeled" (qualitative: default the first)'),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="only runs of this protocol (needed when the runs hold several)"),
-    checkpoint: str = typer.Option("reported", "--checkpoint", help="reported (each protocol's), best or last"),
+    protocol: Optional[str] = PROTOCOL,
+    checkpoint: str = CHECKPOINT,
     out_dir: Path = typer.Option(Path("results/figures"), "--out-dir", help="where <kind>_<dataset>.png/.pdf go"),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="also log the files to this MLflow run (artifacts figures/)"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="data folder (qualitative, imbalance; default $SSL_BENCH_DATA or ./data)"),
-    results_root: Optional[Path] = typer.Option(None, "--results-root", help="results folder (default $SSL_BENCH_RESULTS or ./results/runs)"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite under the results root)"),
+    results_root: Optional[Path] = RESULTS_ROOT,
+    tracking_uri: Optional[str] = TRACKING_URI,
 ) -> None:
     """Draw one figure from the recorded runs (PNG and PDF)."""
     from ssl_bench import engine, figures, tracking
     from ssl_bench.cli.selection import selected_runs
 
-    if checkpoint not in ("reported", "best", "last"):
-        fail(f"--checkpoint {checkpoint!r}: use reported, best or last")
+    if checkpoint not in CHECKPOINTS:
+        fail(f"--checkpoint {checkpoint!r}: use {', '.join(CHECKPOINTS[:-1])} or {CHECKPOINTS[-1]}")
     try:
         if kind is Kind.imbalance:
             if not dataset:

@@ -11,29 +11,29 @@ from typing import List, Optional
 
 import typer
 
-from ssl_bench.cli.common import console, fail
+from ssl_bench.cli.common import CHECKPOINT, CHECKPOINTS, METHODS, PROTOCOL, RESULTS_ROOT, TRACKING_URI, console, fail
 
 
 def report(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="dataset of the runs (needed when the store holds several)"),
-    method: Optional[List[str]] = typer.Option(None, "--method", help="only these methods (repeatable)"),
+    method: Optional[List[str]] = METHODS,
     setting: Optional[str] = typer.Option(None, "--setting", help='only this labeled setting, e.g. "3 labeled"'),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="only runs of this protocol (needed when the runs hold several)"),
-    checkpoint: str = typer.Option("reported", "--checkpoint", help="reported (each protocol's), best or last"),
+    protocol: Optional[str] = PROTOCOL,
+    checkpoint: str = CHECKPOINT,
     compare_to: Optional[str] = typer.Option(None, "--compare-to", help="reference of the paired differences (default: unet-l where present)"),
     output: Path = typer.Option(Path("report.html"), "--output", "-o", help="the HTML file to write (atomically)"),
     mlflow_url: str = typer.Option("http://127.0.0.1:5000", "--mlflow-url", help="where the MLflow UI runs (ssl-bench ui --port 5000), for the run links"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="data folder, for the qualitative and imbalance figures (default $SSL_BENCH_DATA or ./data)"),
-    results_root: Optional[Path] = typer.Option(None, "--results-root", help="results folder (default $SSL_BENCH_RESULTS or ./results/runs)"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite under the results root)"),
+    results_root: Optional[Path] = RESULTS_ROOT,
+    tracking_uri: Optional[str] = TRACKING_URI,
 ) -> None:
     """Write one self-contained HTML report (tables, figures, configs, MLflow links)."""
     from ssl_bench import engine
     from ssl_bench.cli.selection import selected_runs
     from ssl_bench.report import build_report
 
-    if checkpoint not in ("reported", "best", "last"):
-        fail(f"--checkpoint {checkpoint!r}: use reported, best or last")
+    if checkpoint not in CHECKPOINTS:
+        fail(f"--checkpoint {checkpoint!r}: use {', '.join(CHECKPOINTS[:-1])} or {CHECKPOINTS[-1]}")
     root, uri, runs = selected_runs(results_root, tracking_uri, dataset, method, setting, protocol)
     if compare_to and compare_to not in set(runs["method"]):
         fail(f"--compare-to {compare_to}: no run of that method here; use one of {', '.join(sorted(set(runs['method'])))}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ssl_bench.cli.common import console, fail, user_errors
+from ssl_bench.cli.common import RESULTS_ROOT, console, fail, user_errors
 from ssl_bench.cli.sweep import (ARRAY_PARALLELISM, CPUS_PER_JOB, EXECUTOR, GPUS, GPUS_PER_JOB, JOBS, JOBS_PER_GPU,
                                  MAX_REQUEUES, MEM_GB, PARTITION, SLURM_ARG, TIME_LIMIT, TRACKING_URI, Executor,
                                  executor_kwargs)
@@ -38,7 +38,7 @@ def reproduce(
     fmt: str = typer.Option("rich", "--format", help="rich, md or csv for the final comparison"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="also write the comparison to this file"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="data folder (default $SSL_BENCH_DATA or ./data)"),
-    results_root: Optional[Path] = typer.Option(None, "--results-root", help="results folder (default $SSL_BENCH_RESULTS or ./results/runs)"),
+    results_root: Optional[Path] = RESULTS_ROOT,
 ) -> None:
     """Run the exact grid behind one of the paper's tables (resumable), then compare with the paper."""
     from ssl_bench import engine, tracking

@@ -12,15 +12,15 @@ from typing import Optional
 
 import typer
 
-from ssl_bench.cli.common import console, fail
+from ssl_bench.cli.common import RESULTS_ROOT, TRACKING_URI, console, fail
 
 results_app = typer.Typer(help="The MLflow index over the run dirs.", no_args_is_help=True)
 
 
 @results_app.command("rebuild")
 def rebuild(
-    results_root: Optional[Path] = typer.Option(None, "--results-root", help="results folder (default $SSL_BENCH_RESULTS or ./results/runs)"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite under the results root)"),
+    results_root: Optional[Path] = RESULTS_ROOT,
+    tracking_uri: Optional[str] = TRACKING_URI,
     include_running: bool = typer.Option(False, "--include-running", help="also index runs still marked running (only when no job is running)"),
     fresh: bool = typer.Option(False, "--fresh", help="move the SQLite store aside (kept as mlflow.db.moved-<time>) and index every run dir anew"),
 ):

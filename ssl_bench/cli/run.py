@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ssl_bench.cli.common import console, fail, user_errors
+from ssl_bench.cli.common import RESULTS_ROOT, TRACKING_URI, console, fail, user_errors
 
 
 def run(
@@ -24,8 +24,8 @@ def run(
     backbone: Optional[str] = typer.Option(None, "--backbone", help="unet (default) or smp:<Arch>:<encoder>"),
     set_: list[str] = typer.Option([], "--set", help="override a config value: key=value or method.key=value"),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="data folder (default $SSL_BENCH_DATA or ./data)"),
-    results_root: Optional[Path] = typer.Option(None, "--results-root", help="results folder (default $SSL_BENCH_RESULTS or ./results/runs)"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite under the results root)"),
+    results_root: Optional[Path] = RESULTS_ROOT,
+    tracking_uri: Optional[str] = TRACKING_URI,
     force: bool = typer.Option(False, "--force", help="start over even if the run dir holds a finished or partial run"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show progress bars"),
 ):

@@ -12,6 +12,8 @@ from typing import List, Optional
 
 import typer
 
+from ssl_bench.cli.common import RESULTS_ROOT, TRACKING_URI
+
 
 class Checkpoint(str, Enum):
     reported = "reported"
@@ -48,8 +50,8 @@ def table_command(
     compare_to: Optional[str] = typer.Option(None, "--compare-to", help="paired per-case differences of every method against this one (default: unet-l where present; 'none': no comparison)"),
     status: Status = typer.Option(Status.finished, "--status", help="which runs to read (MLflow run status)"),
     reindex: bool = typer.Option(True, "--reindex/--no-reindex", help="first index the run dirs MLflow lacks (else only count them)"),
-    results_root: Optional[Path] = typer.Option(None, "--results-root", help="results folder (default $SSL_BENCH_RESULTS or ./results/runs)"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite under the results root)"),
+    results_root: Optional[Path] = RESULTS_ROOT,
+    tracking_uri: Optional[str] = TRACKING_URI,
 ) -> None:
     """Print the results table (Tables 1/2 layout; Tables 3/4 with --ablation)."""
     from ssl_bench import table as tbl

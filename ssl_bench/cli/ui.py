@@ -29,7 +29,7 @@ from typing import Optional
 
 import typer
 
-from ssl_bench.cli.common import console, fail
+from ssl_bench.cli.common import RESULTS_ROOT, TRACKING_URI, console, fail
 
 STOP_GRACE_S = 10.0
 TRAINING_VIEW = "workflowType=machine_learning"
@@ -109,8 +109,8 @@ def _raise_stop(signum, frame) -> None:
 
 
 def ui(
-    results_root: Optional[Path] = typer.Option(None, "--results-root", help="results folder (default $SSL_BENCH_RESULTS or ./results/runs)"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite under the results root)"),
+    results_root: Optional[Path] = RESULTS_ROOT,
+    tracking_uri: Optional[str] = TRACKING_URI,
     port: Optional[int] = typer.Option(None, "--port", help="port to serve on (default: a free one)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to serve on (default: loopback only)"),
     workers: int = typer.Option(1, "--workers", min=1, help="server worker processes (one serves one user well)"),
