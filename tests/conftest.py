@@ -7,6 +7,36 @@ torch.set_num_threads(1)
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 
+# -- guard: never a tensor inside pytest.approx ------------------------------------------------
+# pytest 9.2's approx iterates over its expected value, and a 0-d tensor cannot be iterated: a
+# test that passed with 9.1 fails with 9.2 (issue 15). Tests compare Python floats (``.item()``,
+# ``float(...)``) or use ``torch.testing.assert_close``; this guard makes a tensor there an error
+# under every pytest version, so the pattern cannot come back unnoticed.
+_pytest_approx = pytest.approx
+
+
+def _contains_tensor(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, dict):
+        return any(_contains_tensor(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_contains_tensor(v) for v in value)
+    return False
+
+
+def _approx_without_tensors(expected, *args, **kwargs):
+    if _contains_tensor(expected):
+        raise TypeError(
+            "pytest.approx got a torch.Tensor as its expected value; compare Python floats "
+            "(.item() / float(...) / .tolist()) or use torch.testing.assert_close instead"
+        )
+    return _pytest_approx(expected, *args, **kwargs)
+
+
+pytest.approx = _approx_without_tensors
+
+
 @pytest.fixture(scope="session")
 def mlflow_template_db(tmp_path_factory):
     """An empty, fully migrated MLflow SQLite store, made once per session: creating one costs
