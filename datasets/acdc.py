@@ -12,7 +12,12 @@ or a parent holding ``ACDC/``):
          2017 release, is skipped with a warning). Spacing comes from the NIfTI headers.
 ``h5``   the preprocessed copy shared by SSL4MIS and the papers that reuse it: volumes
          ``data/patientNNN_frame0F.h5`` (datasets ``image``, ``label``, arrays (Z, Y, X)) and 2D
-         slices ``data/slices/*.h5``, with ``train.list``/``val.list``/``test.list`` beside ``data/``.
+         slices ``patientNNN_frameFF_slice_K.h5``, with ``train.list``/``val.list``/``test.list``
+         beside ``data/``. The slices lie in ``data/slices/`` (SSL4MIS's own copy) or side by side
+         with the volumes in ``data/`` (the flattened copy published e.g. in antares0811/3DCardiac,
+         ``data/ACDC/``); both are read, and one case's slices in both folders is an error. SSL4MIS
+         ships the 70 training patients as slices only and the validation and test patients as
+         volumes only: a training case is its slices stacked back in slice order.
          The files do not record the voxel spacing, so it is reported as (1, 1, 1): the paper's
          ASD is in voxels anyway, and the ``*_mm`` metrics of this layout are voxel figures too.
 
@@ -169,14 +174,23 @@ def index_raw(base: Path, errors: list[DataError] | None = None) -> dict[str, _S
 
 
 def index_h5(base: Path) -> dict[str, _Source]:
-    """Index ``<base>/data/*.h5`` volumes and ``<base>/data/slices/*.h5`` (SSL4MIS layout)."""
+    """Index ``<base>/data/*.h5`` volumes and the slice files in ``<base>/data/slices/`` or beside
+    the volumes in ``<base>/data/`` (SSL4MIS layout, nested or flattened)."""
     data = base / "data"
     by_case_slices: dict[str, list[tuple[int, Path]]] = {}
-    if (data / "slices").is_dir():
-        for f in (data / "slices").iterdir():
+    folder_of: dict[str, Path] = {}
+    for folder in (data / "slices", data):
+        if not folder.is_dir():
+            continue
+        for f in folder.iterdir():
             m = _SLICE_FILE.match(f.name)
-            if m:
-                by_case_slices.setdefault(m.group(1), []).append((int(m.group(2)), f))
+            if not m:
+                continue
+            cid = m.group(1)
+            if folder_of.setdefault(cid, folder) != folder:
+                raise DataError(f"slices of {cid} lie both in {folder_of[cid]} and in {folder}; keep "
+                                f"one copy (SSL4MIS uses data/slices/, the flattened copy data/)")
+            by_case_slices.setdefault(cid, []).append((int(m.group(2)), f))
     volumes = {f.name[:-3]: f for f in data.glob("*.h5") if _CASE_ID.match(f.name[:-3])} if data.is_dir() else {}
     sources = {}
     for cid in sorted(set(volumes) | set(by_case_slices)):
@@ -286,6 +300,20 @@ class ACDC(Dataset):
                 subsets[p] = subset
         return subsets
 
+    def protocol_gaps(self) -> list[str]:
+        """Patients of the field split (SSL4MIS's train/val/test lists) that the files lack, per
+        subset; a patient counts as missing unless both its ED and ES frames are there."""
+        available = {r.case_id for r in self.cases()}
+        gaps = []
+        for subset in ("train", "val", "test"):
+            ids = read_field_list(subset)
+            patients = patients_in_order(ids)
+            missing = sorted({cid.split("_", 1)[0] for cid in ids if cid not in available})
+            if missing:
+                gaps.append(f"{subset}: {len(missing)} of {len(patients)} patients missing: "
+                            f"{', '.join(missing)}")
+        return gaps
+
     def cases(self) -> list[CaseRef]:
         """Every case found; ``subset`` is the field split's role ("" for patients it does not use,
         e.g. the challenge's testing/ patients)."""
@@ -348,14 +376,13 @@ class ACDC(Dataset):
             raise ValueError(f"unknown ACDC split {split!r}; use 'field' (the published SSL4MIS "
                              f"partition) or 'random' (labeled patients drawn with --split-seed)")
         lists = {name: read_field_list(name) for name in ("train", "val", "test")}
-        available = {r.case_id for r in self.cases()}
-        missing = sorted({cid.split("_", 1)[0] for ids in lists.values() for cid in ids
-                          if cid not in available})
-        if missing:
+        gaps = self.protocol_gaps()
+        if gaps:
             layout, base = self.location
-            raise DataError(f"the ACDC data at {base} ({layout} layout) lacks {len(missing)} patients "
-                            f"that the field split needs (both ED and ES frames): {', '.join(missing)}. "
-                            f"Use the complete ACDC training set (patients 001-100)")
+            raise DataError(f"the ACDC data at {base} ({layout} layout) lacks patients that the field "
+                            f"split needs (both ED and ES frames): {'; '.join(gaps)}. Use the complete "
+                            f"ACDC training set (patients 001-100); in the SSL4MIS h5 copy the training "
+                            f"patients are slice files, in data/slices/ or beside the volumes in data/")
         train_patients = patients_in_order(lists["train"])
         order = field_labeled_order()
         if set(order) != set(train_patients):

@@ -212,6 +212,13 @@ class Dataset:
         (Z, S, S) and its native spacing (z, y, x) mm: a (Z,) bool array, or ``None`` for all."""
         return None
 
+    def protocol_gaps(self) -> list[str]:
+        """What the dataset's fixed protocol split needs but the files lack, one line per subset
+        (e.g. ``"train: 70 of 70 patients missing: patient001, ..."``); empty when complete or when
+        the dataset has no fixed split. ``ssl-bench data prepare`` refuses a layout with gaps
+        unless told ``--allow-partial``: a partly understood layout is never a silent subset."""
+        return []
+
     def scan(self) -> tuple[list[CaseRef], list[DataError]]:
         """Every usable case and every problem of the layout (image without label, ...).
 

@@ -128,6 +128,9 @@ class ACDCPhantom(ACDC):
     def _field_subsets(self) -> dict[str, str]:
         return {}  # no fixed partition: every patient is free (see make_split)
 
+    def protocol_gaps(self) -> list[str]:
+        return []  # no fixed partition to be incomplete for (see make_split)
+
     def preprocessing_key(self) -> str:
         return f"{super().preprocessing_key()}; phantom v{PHANTOM_VERSION}"
 

@@ -180,8 +180,10 @@ def test_field_split_lists_missing_patients(tmp_path):
     write_raw_patient(tmp_path / "training", 99)
     with pytest.raises(DataError) as err:
         ACDC(tmp_path).make_split(labeled=3)
-    listed = str(err.value).split("frames): ", 1)[1].split(".", 1)[0].split(", ")
-    assert "lacks 99 patients" in str(err.value)
+    msg = str(err.value)
+    assert "train: 69 of 70 patients missing" in msg and "val: 10 of 10" in msg and "test: 20 of 20" in msg
+    listed = [p for part in msg.split("frames): ", 1)[1].split(". Use", 1)[0].split("; ")
+              for p in part.split(": ", 1)[1].split(" missing: ", 1)[1].split(", ")]
     assert len(listed) == 99 and "patient038" in listed and "patient100" in listed and "patient099" not in listed
 
 
@@ -351,3 +353,56 @@ def test_testing_folder_without_any_ground_truth_is_skipped_with_a_warning(tmp_p
     write_raw_patient(tmp_path / "testing", 103)
     with pytest.raises(DataError, match="patient101"):
         ACDC(tmp_path).cases()
+
+
+# -- the flattened SSL4MIS copy (slices beside the volumes) ---------------------------------------
+def write_flat_ssl4mis(root: Path, train_patients: list[str] | None = None, shape=(2, 6, 6)) -> Path:
+    """SSL4MIS's h5 copy as published flattened: val/test patients as volumes and training
+    patients as slice files, all side by side in ``data/`` (no ``data/slices/``)."""
+    (root / "data").mkdir(parents=True)
+    train = read_field_list("train")
+    if train_patients is not None:
+        train = [c for c in train if c.split("_")[0] in train_patients]
+    for cid in read_field_list("val") + read_field_list("test"):
+        image, label = _volume(int(cid[7:10]), shape)
+        with h5py.File(root / "data" / f"{cid}.h5", "w") as f:
+            f["image"], f["label"] = image.astype(np.float32) / 900, label
+    for cid in train:
+        image, label = _volume(int(cid[7:10]) + 1000, shape)
+        for z in range(shape[0]):
+            with h5py.File(root / "data" / f"{cid}_slice_{z + 1}.h5", "w") as f:
+                f["image"], f["label"] = image[z].astype(np.float32) / 900, label[z]
+    return root
+
+
+def test_flattened_h5_layout_reads_training_patients_from_slices_beside_volumes(tmp_path):
+    write_flat_ssl4mis(tmp_path)
+    ds = ACDC(tmp_path)
+    assert ds.location == ("h5", tmp_path.resolve())
+    ids = {r.case_id for r in ds.cases()}
+    assert len(ids) == 200 and set(read_field_list("train")) <= ids
+    assert ds.protocol_gaps() == []
+    case = ds.load_case("patient099_frame01")  # training patient: stacked from its two slices
+    image, label = _volume(99 + 1000, (2, 6, 6))
+    np.testing.assert_array_equal(case.label, label)
+    assert ds.source_files("patient099_frame01") == [tmp_path / "data" / f"patient099_frame01_slice_{z}.h5"
+                                                     for z in (1, 2)]
+    split = ds.make_split(labeled=3)
+    assert split.meta["labeled_patients"] == ["patient099", "patient038", "patient050"]
+    assert len(split.unlabeled) == 134 and len(split.val) == 20 and len(split.test) == 40
+
+
+def test_slices_in_both_folders_are_an_error(tmp_path):
+    write_h5_case(tmp_path, "patient001_frame01", 5, slices=True)
+    with h5py.File(tmp_path / "data" / "patient001_frame01_slice_0.h5", "w") as f:
+        f["image"], f["label"] = np.zeros((4, 4), np.float32), np.zeros((4, 4), np.uint8)
+    with pytest.raises(DataError, match="both in .* and in .*keep one copy"):
+        ACDC(tmp_path).cases()
+
+
+def test_protocol_gaps_name_the_missing_training_patients(tmp_path):
+    write_flat_ssl4mis(tmp_path, train_patients=["patient099", "patient038"])
+    gaps = ACDC(tmp_path).protocol_gaps()
+    assert len(gaps) == 1 and gaps[0].startswith("train: 68 of 70 patients missing: ")
+    missing = gaps[0].split("missing: ")[1].split(", ")
+    assert len(missing) == 68 and "patient050" in missing and "patient099" not in missing

@@ -322,26 +322,26 @@ def test_no_rsi_uses_only_the_query_views():
 def test_no_anco_removes_exactly_anco():
     method, out = _step_terms("no-anco", "iii")
     assert "anco" not in out.terms and "pseudo_ce" in out.terms
-    assert float(out.loss) == pytest.approx(out.terms["sup"] + out.terms["pseudo_ce"], rel=1e-5)
+    assert float(out.loss) == pytest.approx(float(out.terms["sup"] + out.terms["pseudo_ce"]), rel=1e-5)
     assert not ({id(p) for p in method.rep_head.parameters()} & {id(p) for p in method.trainable_parameters()})
 
 
 def test_no_unsup_keeps_only_the_supervised_loss():
     _, out = _step_terms("no-unsup", "iii")
     assert out.unsup is None and set(out.terms) == {"sup"}
-    assert float(out.loss) == pytest.approx(out.terms["sup"])
+    assert float(out.loss) == pytest.approx(float(out.terms["sup"]))
 
 
 def test_no_pseudo_ce_keeps_supervised_and_anco():
     method, out = _step_terms("no-pseudo-ce", "iii")
     assert "pseudo_ce" not in out.terms and out.terms["anco"] > 0
-    assert float(out.loss) == pytest.approx(out.terms["sup"] + out.terms["anco"], rel=1e-5)  # w_anco 1 (paper)
+    assert float(out.loss) == pytest.approx(float(out.terms["sup"] + out.terms["anco"]), rel=1e-5)  # w_anco 1 (paper)
     assert {id(p) for p in method.rep_head.parameters()} <= {id(p) for p in method.trainable_parameters()}
 
 
 def test_full_stage_iii_loss_is_the_sum_of_its_terms():
     _, out = _step_terms("none", "iii")
-    want = out.terms["sup"] + out.terms["pseudo_ce"] + out.terms["anco"]
+    want = float(out.terms["sup"] + out.terms["pseudo_ce"] + out.terms["anco"])
     assert float(out.loss) == pytest.approx(want, rel=1e-5)
 
 

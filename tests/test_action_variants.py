@@ -200,7 +200,7 @@ def test_released_stage_ii_adds_the_global_kl():
     assert {id(p) for p in method.net.global_head.parameters()} <= trainable
     assert {id(p) for p in method.predictors["global"].parameters()} <= trainable
     out = check_stage(method, batch)["out"]
-    assert float(out.loss) == pytest.approx(out.terms["sup"] + out.terms["local_kl"] + out.terms["global_kl"],
+    assert float(out.loss) == pytest.approx(float(out.terms["sup"] + out.terms["local_kl"] + out.terms["global_kl"]),
                                             rel=1e-5)
     assert len(method.global_bank) == 2  # the global bank fills in stage ii too
     paper, batch = tiny_setup("action")

@@ -69,10 +69,10 @@ def test_ground_truth_and_pseudo_label_pixels_are_weighted_apart():
 
     a, b = run(0), run(3)
     # pseudo-labels only enter the unlabeled term; the total is sup + alpha * unsup
-    assert a.terms["sup"] == pytest.approx(b.terms["sup"])
-    assert a.terms["unsup"] != pytest.approx(b.terms["unsup"])
+    assert float(a.terms["sup"]) == pytest.approx(float(b.terms["sup"]))
+    assert float(a.terms["unsup"]) != pytest.approx(float(b.terms["unsup"]))
     for out in (a, b):
-        assert float(out.loss.detach()) == pytest.approx(out.terms["sup"] + 0.5 * out.terms["unsup"], rel=1e-6)
+        assert float(out.loss.detach()) == pytest.approx(float(out.terms["sup"] + 0.5 * out.terms["unsup"]), rel=1e-6)
 
 
 def test_teacher_is_the_pretrained_student_when_self_training_starts():

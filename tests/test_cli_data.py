@@ -170,3 +170,20 @@ def test_info_lists_problems_and_fails(tmp_path):
     (tmp_path / "Training Batch 1" / "segmentation-0.nii").unlink()
     res = invoke("info", "lits", tmp_path)
     assert res.exit_code == 1 and "volume-0.nii" in res.output
+
+
+def test_prepare_refuses_acdc_missing_field_patients_then_allows_partial(tmp_path):
+    """A layout that is only partly understood (SSL4MIS's flattened copy read as if the training
+    slices were absent) must not pass prepare: it names the missing patients and writes nothing."""
+    from test_acdc import write_flat_ssl4mis
+
+    write_flat_ssl4mis(tmp_path, train_patients=["patient099"])
+    res = invoke("prepare", "acdc", tmp_path, "--size", 8)
+    assert res.exit_code == 1, res.output
+    assert "incomplete for its protocol split" in res.output and "nothing was written" in res.output
+    assert "train: 69 of 70 patients missing" in res.output and "patient038" in res.output
+    assert "--allow-partial" in res.output
+    assert not (tmp_path / ".ssl_bench_cache").exists() and cache_files(tmp_path) == []
+    res = invoke("prepare", "acdc", tmp_path, "--size", 8, "--allow-partial")
+    assert res.exit_code == 0, res.output
+    assert "warning" in res.output and "prepared 62 case(s)" in res.output

@@ -38,6 +38,13 @@ def _acdc_h5(root: Path) -> tuple[Path, list[str]]:
     return root, ["--labeled", "3"]
 
 
+def _acdc_h5_flat(root: Path) -> tuple[Path, list[str]]:
+    """The same copy as published flattened: training patients as slices beside the volumes."""
+    from test_acdc import write_flat_ssl4mis
+
+    return write_flat_ssl4mis(root), ["--labeled", "3"]
+
+
 def _lits(root: Path):
     make_lits(root, [0, 1, 2, 3, 4, 5, 100, 101])
     return root, ["--ratio", "0.5"]
@@ -54,9 +61,9 @@ def _nnunet(root: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dataset, build", [("acdc", _acdc_raw), ("acdc", _acdc_h5), ("lits", _lits),
-                                            ("lits", _msd), ("nnunet", _nnunet)],
-                         ids=["acdc-raw", "acdc-h5", "lits", "msd-liver", "nnunet"])
+@pytest.mark.parametrize("dataset, build", [("acdc", _acdc_raw), ("acdc", _acdc_h5), ("acdc", _acdc_h5_flat),
+                                            ("lits", _lits), ("lits", _msd), ("nnunet", _nnunet)],
+                         ids=["acdc-raw", "acdc-h5", "acdc-h5-flat", "lits", "msd-liver", "nnunet"])
 def test_prepare_train_and_test(tmp_path, dataset, build):
     root, setting = build(tmp_path / "data")
     res = runner.invoke(app, ["data", "prepare", dataset, str(root), "--size", "16"])

@@ -64,6 +64,9 @@ def prepare(
     dataset: str = typer.Argument(..., help=DATASET_HELP),
     path: Path = typer.Argument(..., help=PATH_HELP),
     size: Optional[int] = typer.Option(None, "--size", min=8, help="slice size in px (default: the dataset's)"),
+    allow_partial: bool = typer.Option(False, "--allow-partial",
+                                       help="cache what is there even when the dataset's protocol split "
+                                            "lacks cases (warns, naming them); runs on the split still fail"),
 ) -> None:
     """Validate every case and write the slice cache (all or nothing; re-running is a no-op)."""
     ds = open_dataset(dataset, path)
@@ -76,6 +79,19 @@ def prepare(
     except DataError as exc:
         refs, problems = [], [exc]
     errors += [str(p) for p in problems]
+    if not problems:
+        try:
+            gaps = ds.protocol_gaps()
+        except DataError as exc:
+            gaps, errors = [], errors + [str(exc)]
+        if gaps and not allow_partial:
+            lines = "\n".join(f"  - {g}" for g in gaps)
+            _fail(f"the {dataset} data at {path} is incomplete for its protocol split; nothing was "
+                  f"written to the cache:\n{lines}\nAdd the missing files (see README, Datasets), or pass "
+                  f"--allow-partial to cache the {len(refs)} case(s) found anyway", 1)
+        for g in gaps:
+            err.print(f"[bold yellow]warning:[/] {dataset} protocol split incomplete ({g}); caching "
+                      f"the {len(refs)} case(s) found because of --allow-partial")
     status: dict[str, str] = {}
     for ref in refs:
         try:
