@@ -155,7 +155,7 @@ class FitResult:
 
 def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | None = None,
         progress: bool = True, force: bool = False, console=None) -> FitResult:
-    from ssl_bench import tracking
+    from ssl_bench import lock, tracking
     from ssl_bench.evaluate import evaluate_cases, headline_metrics
 
     spec, cfg = run.spec, run.train_cfg
@@ -236,6 +236,8 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
     write_json(run_dir / "tags.json", tags)
     write_json(run_dir / "environment.json", {"git_commit": tags["git_commit"],
                                               "package_versions": params["package_versions"],
+                                              "off_lock": {k: {"installed": a, "lock": b} for k, (a, b)
+                                                           in lock.warn_if_off_lock().items()},
                                               "device": str(device)})
     tracker = tracking.RunTracker(run_dir, tracking_uri or tracking.default_tracking_uri(run.results_root),
                                   experiment or f"ssl-bench/{spec.dataset}",
