@@ -36,6 +36,18 @@ def test_grids_match_the_papers_tables():
     assert len(t4) == 4 and all(j.method == "action" and j.setting == ("--labeled", "3") for j in t4)
 
 
+def test_cpu_budget_is_real_data_with_the_cpu_bundle_and_the_user_set_wins():
+    jobs = rep.GridRequest(rep.get_grid("table1"), budget="cpu", seeds=[0], methods=["mt"]).jobs()
+    assert {j.dataset for j in jobs} == {"acdc"} and len(jobs) == 2
+    sets = [a for i, a in enumerate(jobs[0].extra) if jobs[0].extra[i - 1] == "--set"]
+    assert sets == list(rep.CPU_BUDGET_SETS)
+    assert jobs[0].extra[jobs[0].extra.index("--iterations") + 1] == str(rep.CPU_BUDGET_ITERATIONS)
+    mine = rep.GridRequest(rep.get_grid("table1"), budget="cpu", seeds=[0], methods=["mt"], iterations=800,
+                           extra_sets=["image_size=96"]).jobs()[0].extra
+    sets = [a for i, a in enumerate(mine) if mine[i - 1] == "--set"]
+    assert sets[-1] == "image_size=96" and mine[mine.index("--iterations") + 1] == "800"
+
+
 @pytest.mark.parametrize("args, message", [
     (["table9"], "unknown table 'table9'"),
     (["table1", "--methods", "unet-l,nope"], "table1 has no method nope"),
