@@ -37,8 +37,8 @@ BUDGETS = ("full", "cpu", "smoke")
 #: ``--budget cpu``: the ``--set`` bundle and base budget for real data on a CPU (README "Real
 #: ACDC on a CPU" gives the pilot behind it). The protocol's budget rule still scales it per method
 #: (ACTION x3 per stage, BCP x4/3 under field), and the table's "As run" line shows it.
-CPU_BUDGET_SETS = ("image_size=64", "val_every=25", "threads=1")
-CPU_BUDGET_ITERATIONS = 500
+CPU_BUDGET_SETS = ("image_size=64", "val_every=50", "threads=1")
+CPU_BUDGET_ITERATIONS = 1000
 
 
 @dataclass(frozen=True)

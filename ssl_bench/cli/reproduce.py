@@ -16,7 +16,7 @@ from ssl_bench.cli.sweep import (ARRAY_PARALLELISM, CPUS_PER_JOB, EXECUTOR, GPUS
 def reproduce(
     table: str = typer.Argument(..., help="table1 (ACDC), table2 (LiTS), table3 (ablations) or table4 (augmentations)"),
     protocol: str = typer.Option("field", "--protocol", help="the recipe (field: the one behind the published rows)"),
-    budget: str = typer.Option("full", "--budget", help="full: real data at the protocol's budget; cpu: real data at the CPU budget (64 px, base 500 iterations, 1 thread a run); smoke: the phantoms at their CPU preset"),
+    budget: str = typer.Option("full", "--budget", help="full: real data at the protocol's budget; cpu: real data at the CPU budget (64 px, base 1000 iterations, 1 thread a run); smoke: the phantoms at their CPU preset"),
     seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated initialisation seeds"),
     methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated subset of the table's methods"),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="base budget (default: the protocol's, or the phantom preset with --budget smoke)"),
