@@ -109,7 +109,6 @@ from torch import nn
 
 from ssl_bench.config import ConfigError
 from ssl_bench.ema import make_teacher
-from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
 from .action_heads import ActionNet, LocalPredictor, MLPPredictor, RepresentationHead
@@ -363,7 +362,7 @@ class Action(Method):
         n_lb = batch.x_lb.shape[0]
         x_s, x_t = self._aligned_views(batch)
         logits, enc, _ = self.net.backbone.forward_features(torch.cat([batch.x_lb, x_s]))
-        sup = supervised_loss(logits[:n_lb], batch.y_lb)
+        sup = self.supervised_loss(logits[:n_lb], batch.y_lb)
         # (B, D, g, g) -> (B, g*g, D): one query per region
         e_s = self.predictors["local"](self.net.local_head(logits[n_lb:])).flatten(2).transpose(1, 2)
         with torch.no_grad():
@@ -382,7 +381,7 @@ class Action(Method):
         return StepOutput(loss=sup + unsup, unsup=unsup, terms=terms)
 
     def _stage_finetune(self, batch):
-        sup = supervised_loss(self.net.backbone(batch.x_lb), batch.y_lb)
+        sup = self.supervised_loss(self.net.backbone(batch.x_lb), batch.y_lb)
         return StepOutput(loss=sup, terms={"sup": sup.detach()})
 
     @torch.no_grad()
@@ -410,12 +409,12 @@ class Action(Method):
         x_s, x_t = self._aligned_views(batch)
         if not self.use_unsup:
             logits = self.net.backbone(torch.cat([batch.x_lb, x_s]))
-            sup = supervised_loss(logits[:n_lb], batch.y_lb)
+            sup = self.supervised_loss(logits[:n_lb], batch.y_lb)
             return StepOutput(loss=sup, terms={"sup": sup.detach()})
         x_s, t_probs = self.mixed(x_s, self.teacher_probs(x_t))
         x = torch.cat([batch.x_lb, x_s])
         logits, enc, dec = self.net.backbone.forward_features(x)
-        sup = supervised_loss(logits[:n_lb], batch.y_lb)
+        sup = self.supervised_loss(logits[:n_lb], batch.y_lb)
         terms = {"sup": sup.detach(),
                  "confident": (t_probs.max(1).values > cfg.theta_s).float().mean()}
         unsup = torch.zeros((), device=x.device)

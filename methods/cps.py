@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
 from .base import Method, StepOutput
@@ -104,7 +103,7 @@ class CPS(Method):
         n_lb = batch.x_lb.shape[0]
         x = torch.cat([batch.x_lb, batch.x_ulb])
         logits1, logits2 = self.net1(x), self.net2(x)
-        sup = supervised_loss(logits1[:n_lb], batch.y_lb) + supervised_loss(logits2[:n_lb], batch.y_lb)
+        sup = self.supervised_loss(logits1[:n_lb], batch.y_lb) + self.supervised_loss(logits2[:n_lb], batch.y_lb)
         start = 0 if self.cross_on_labeled else n_lb
         cps_1, cps_2 = cross_pseudo_losses(logits1[start:], logits2[start:])
         cps = cps_1 + cps_2

@@ -192,7 +192,8 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
 
     ctx = MethodContext(num_classes=run.dataset.num_classes, in_channels=1, backbone=cfg.backbone,
                         image_size=run.image_size, total_iterations=cfg.total_iterations, augment=aug,
-                        generator=torch.Generator().manual_seed(spec.seed + 1), rampup=cfg.rampup)
+                        generator=torch.Generator().manual_seed(spec.seed + 1), rampup=cfg.rampup,
+                        dice_form=cfg.dice_form)
     method = run.method_cls(run.method_cfg, ctx).to(device)
     stages = method.stages()
     its = stage_iterations(stages, cfg.total_iterations)

