@@ -319,7 +319,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
                 if do_val:
                     res = evaluate_cases(method.predictor(), run.dataset, run.split.val, size, device,
                                          progress=False, batch_size=cfg.eval_batch_size,
-                                         workers=eval_workers(cfg))
+                                         workers=eval_workers(cfg), resample=cfg.eval_resample)
                     method.train(True)
                     val_dice = float(res.summary["mean"]["dice"])
                     tracker.log_metrics({"val/dice/mean": val_dice}, state["global_step"])
@@ -395,7 +395,8 @@ def _test(run: PreparedRun, method, device, tracker, progress) -> dict:
         if res is None or not out["best_is_last"]:
             predictor.load_state_dict(weights[ckpt])
             res = evaluate_cases(predictor, run.dataset, run.split.test, run.image_size, device, progress=progress,
-                                 batch_size=cfg.eval_batch_size, workers=eval_workers(cfg))
+                                 batch_size=cfg.eval_batch_size, workers=eval_workers(cfg),
+                                 resample=cfg.eval_resample)
         write_eval(res, run.run_dir, f"test_{ckpt}")
         out["test"][ckpt] = res.summary
         flat.update(mlflow_metrics(res.summary, f"test/{ckpt}"))

@@ -66,6 +66,9 @@ class TrainConfig:
     # soft-Dice denominator of every supervised loss: linear (sum p + sum y, ssl-bench's original)
     # or squared (sum p^2 + sum y^2, SSL4MIS/BCP/ACTION code; protocol field v2)
     dice_form: Literal["linear", "squared"] = "linear"
+    # test/validation resampling (ssl_bench.evaluate.predict_volume): bilinear image and
+    # probabilities (ssl-bench's original) or nearest image and argmax (upstream; field v2)
+    eval_resample: Literal["bilinear", "nearest"] = "bilinear"
     report_checkpoint: str = "best"  # the test checkpoint tables report for this run: best | last
     # -- speed (issue 11; ssl_bench/step.py, ssl_bench/sampling.py, ssl_bench/evaluate.py) --
     lean: bool = True  # read losses back on the log cadence only; false: every step (reference)

@@ -68,3 +68,35 @@ def test_dice_form_reaches_every_method():
                 losses[form] = float(m.training_step(b, m.ctx.total_iterations - 1).loss)
             differs |= not math.isclose(losses["linear"], losses["squared"], rel_tol=1e-6)
         assert differs, f"{name}: dice_form does not change any stage's loss"
+
+
+# -- eval_resample ------------------------------------------------------------------------------
+def test_nearest_resampling_against_hand_computed_case():
+    """2x2 slice -> 4x4 training size -> back. scipy zoom(order=0) samples input coordinate
+    i (n_in - 1) / (n_out - 1), rounded half up: 2 -> 4 takes rows/cols [0, 0, 1, 1], 4 -> 2 takes
+    [0, 3]. Bilinear (align_corners False) averages each 2x2 block on the way back."""
+    from ssl_bench.evaluate import predict_volume, zoom_index
+
+    assert zoom_index(2, 3).tolist() == [0, 1, 1]
+    assert zoom_index(3, 5).tolist() == [0, 1, 1, 2, 2]
+    assert zoom_index(2, 4).tolist() == [0, 0, 1, 1]
+    assert zoom_index(4, 2).tolist() == [0, 3]
+    seen = []
+    pattern = torch.zeros(4, 4)  # class 1 where set: 3 of the top-left block, one corner pixel
+    pattern[0, 1] = pattern[1, 0] = pattern[1, 1] = pattern[3, 3] = 1
+
+    def predictor(x):
+        seen.append(x.clone())
+        return torch.stack([1 - pattern, pattern])[None].expand(x.shape[0], -1, -1, -1) * 10
+
+    image = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]]).numpy()
+    out = predict_volume(predictor, image, 4, "cpu", resample="nearest")
+    assert seen[0][0, 0].tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]]
+    assert out[0].tolist() == [[0, 0], [0, 1]]  # the pattern at rows/cols [0, 3]
+    # the default: a blended input, probabilities averaged per block (0.75 top-left, 0.25 bottom-right)
+    seen.clear()
+    out_b = predict_volume(predictor, image, 4, "cpu")
+    assert seen[0][0, 0, 0, 1].item() not in (0.0, 1.0)
+    assert out_b[0].tolist() == [[1, 0], [0, 0]]
+    with pytest.raises(ValueError, match="eval_resample"):
+        predict_volume(predictor, image, 4, "cpu", resample="cubic")
