@@ -100,3 +100,66 @@ def test_nearest_resampling_against_hand_computed_case():
     assert out_b[0].tolist() == [[1, 0], [0, 0]]
     with pytest.raises(ValueError, match="eval_resample"):
         predict_volume(predictor, image, 4, "cpu", resample="cubic")
+
+
+# -- augment.mode -------------------------------------------------------------------------------
+def _geometry_fractions(aug, n_draws=1000, size=64):
+    """Classify ``n_draws`` weak views of one random (asymmetric) slice: identity, one of the 4
+    reflections of the square, a proper 90/180/270 rotation, a rotation by an integer angle in
+    [-20, 20] (within 5 % of the pixels of scipy's ``rotate(order=0, reshape=False)``), or
+    something else (a crop, a zoom, a composed warp). Labels must follow the image pixel for pixel."""
+    import numpy as np
+    import scipy.ndimage as nd
+
+    x = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] * 1000).long()  # every pixel its own label value
+    xw, yw = aug.weak(x.expand(n_draws, -1, -1, -1).contiguous(), y.expand(n_draws, -1, -1).contiguous(),
+                      torch.Generator().manual_seed(1))
+    a = x[0, 0].numpy()
+    reflections = [np.flip(np.rot90(a, k), ax) for k in range(4) for ax in (0, 1)]
+    rotations90 = [np.rot90(a, k) for k in range(1, 4)]
+    rotations = np.stack([nd.rotate(a, d, order=0, reshape=False) for d in range(-20, 21)])
+    counts = dict.fromkeys(("identity", "reflection", "rot90", "rotation", "other"), 0)
+    labels_follow = True
+    for o, lab in zip(xw[:, 0].numpy(), yw.numpy()):
+        labels_follow &= bool(np.array_equal((o * 1000).astype(np.int64), lab))
+        if np.array_equal(o, a):
+            counts["identity"] += 1
+        elif any(np.array_equal(o, r) for r in reflections):
+            counts["reflection"] += 1
+        elif any(np.array_equal(o, r) for r in rotations90):
+            counts["rot90"] += 1
+        elif (rotations != o).mean(axis=(1, 2)).min() < 0.05:
+            counts["rotation"] += 1
+        else:
+            counts["other"] += 1
+    return {k: v / n_draws for k, v in counts.items()}, labels_follow
+
+
+def _is_ssl4mis_distribution(fr) -> bool:
+    """p 0.5 a reflection, p 0.25 a small rotation (angle 0 of 40 counts as identity), p 0.25
+    nothing; never a proper 90-degree rotation, a crop or a zoom (0.04 is 4 standard deviations at 1000 draws)."""
+    return (abs(fr["identity"] - 0.25) < 0.04 and abs(fr["reflection"] - 0.5) < 0.05
+            and abs(fr["rotation"] - 0.25) < 0.04 and fr["rot90"] == 0 and fr["other"] == 0)
+
+
+def test_ssl4mis_augmentation_distribution_with_negative_control():
+    from ssl_bench.augment import Augmenter, AugmentConfig
+
+    fr, labels_follow = _geometry_fractions(Augmenter(AugmentConfig(mode="ssl4mis")))
+    assert _is_ssl4mis_distribution(fr), fr
+    assert labels_follow  # nearest for image and label: the same pixel moves in both
+    # negative control: today's default (8 symmetries, rotation, crop-zoom, bilinear) fails it
+    fr_default, _ = _geometry_fractions(Augmenter(AugmentConfig()), n_draws=200)
+    assert not _is_ssl4mis_distribution(fr_default), fr_default
+    assert fr_default["other"] > 0.5
+
+
+def test_augment_mode_none_and_unknown():
+    from ssl_bench.augment import Augmenter, AugmentConfig
+
+    x, y = torch.rand(3, 1, 8, 8), torch.randint(0, 4, (3, 8, 8))
+    xw, yw = Augmenter(AugmentConfig(mode="none")).weak(x, y, torch.Generator().manual_seed(0))
+    assert torch.equal(xw, x) and torch.equal(yw, y)
+    with pytest.raises(ValueError, match="augment.mode"):
+        Augmenter(AugmentConfig(mode="random"))
