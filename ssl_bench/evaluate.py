@@ -130,10 +130,11 @@ def predict_volume(predictor: nn.Module | Callable[[torch.Tensor], torch.Tensor]
 
 def evaluate_cases(predictor: nn.Module, dataset, case_ids: Sequence[str], image_size: int, device,
                    progress: bool = True, batch_size: int = 16, workers: int = 1,
-                   resample: str = "bilinear") -> EvalResult:
+                   resample: str = "bilinear", empty_asd: str = "diagonal") -> EvalResult:
     """Predict and score every case of ``case_ids`` (``dataset.load_case(id)`` gives a ``Case``),
-    ``batch_size`` slices per forward pass, ``resample`` as ``predict_volume``, metrics in
-    ``workers`` processes (see the module doc)."""
+    ``batch_size`` slices per forward pass, ``resample`` as ``predict_volume``, ``empty_asd`` as
+    ``metrics.case_metrics`` (recorded in the summary), metrics in ``workers`` processes (see the
+    module doc)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     class_names = list(dataset.class_names)
@@ -151,7 +152,7 @@ def evaluate_cases(predictor: nn.Module, dataset, case_ids: Sequence[str], image
             if pred.shape != case.label.shape:
                 raise ValueError(f"case {case_id}: image {case.image.shape} and label {case.label.shape} "
                                  "differ in shape; fix the dataset's load_case")
-            args = (pred, np.asarray(case.label), class_names, case.spacing)
+            args = (pred, np.asarray(case.label), class_names, case.spacing, empty_asd)
             pending.append(pool.submit(case_metrics, *args) if pool is not None else case_metrics(*args))
             bar.advance(task)
     try:
@@ -160,7 +161,9 @@ def evaluate_cases(predictor: nn.Module, dataset, case_ids: Sequence[str], image
         _POOLS.pop(workers, None)  # a worker died (killed, out of memory): the next call starts afresh
         raise
     records = [{"case_id": case_id, **rec} for case_id, rec in zip(case_ids, scored)]
-    return EvalResult(records=records, summary=aggregate(records, class_names), class_names=class_names)
+    summary = aggregate(records, class_names)
+    summary["empty_asd"] = empty_asd
+    return EvalResult(records=records, summary=summary, class_names=class_names)
 
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
@@ -203,7 +206,7 @@ def write_eval(result: EvalResult, out_dir: Path | str, prefix: str) -> tuple[Pa
     """
     out_dir = Path(out_dir)
     summary = result.summary
-    doc = {"policy": POLICY, "n_cases": summary["n_cases"], "per_case": result.records,
+    doc = {"policy": {**POLICY, "empty_asd": summary.get("empty_asd", "diagonal")}, "n_cases": summary["n_cases"], "per_case": result.records,
            "classes": summary["classes"], "mean": summary["mean"]}
     json_path = out_dir / f"{prefix}_summary.json"
     atomic_write_text(json_path, json.dumps(_json_safe(doc), indent=2, allow_nan=False) + "\n")

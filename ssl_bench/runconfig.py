@@ -69,6 +69,9 @@ class TrainConfig:
     # test/validation resampling (ssl_bench.evaluate.predict_volume): bilinear image and
     # probabilities (ssl-bench's original) or nearest image and argmax (upstream; field v2)
     eval_resample: Literal["bilinear", "nearest"] = "bilinear"
+    # asd/assd/hd95 of a class the prediction misses entirely (ssl_bench.metrics): the volume
+    # diagonal (ssl-bench) or 0 (the ACTION and BCP test scripts; field v2)
+    empty_asd: Literal["diagonal", "zero"] = "diagonal"
     report_checkpoint: str = "best"  # the test checkpoint tables report for this run: best | last
     # -- speed (issue 11; ssl_bench/step.py, ssl_bench/sampling.py, ssl_bench/evaluate.py) --
     lean: bool = True  # read losses back on the log cadence only; false: every step (reference)
@@ -155,7 +158,8 @@ def resolved_dict(spec: RunSpec, train_cfg: TrainConfig, method_cfg) -> dict[str
     d["setting"] = spec.setting
     from ssl_bench.protocols import get_protocol
 
-    d["protocol_version"] = get_protocol(spec.protocol).version
+    protocol = get_protocol(spec.protocol)  # "field" and "field-v2" are the same run
+    d["protocol"], d["protocol_version"] = protocol.name, protocol.version
     d["train"] = to_dict(train_cfg)
     d["method_config"] = to_dict(method_cfg) if dataclasses.is_dataclass(method_cfg) else {}
     return d

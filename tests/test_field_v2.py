@@ -163,3 +163,22 @@ def test_augment_mode_none_and_unknown():
     assert torch.equal(xw, x) and torch.equal(yw, y)
     with pytest.raises(ValueError, match="augment.mode"):
         Augmenter(AugmentConfig(mode="random"))
+
+
+# -- the protocol -------------------------------------------------------------------------------
+def test_field_v2_sets_every_switch_and_v1_none():
+    from ssl_bench.protocols import get_protocol
+    from ssl_bench.registry import get_method_class
+    from ssl_bench.runconfig import RunSpec, resolve
+
+    assert get_protocol("field").version == 2 and get_protocol("field-v2") is get_protocol("field")
+    assert get_protocol("field-v1").version == 1
+    for m in list_methods():
+        v2, cfg2 = resolve(RunSpec(method=m, dataset="tiny-test", protocol="field"), get_method_class(m))
+        assert (v2.dice_form, v2.eval_resample, v2.empty_asd) == ("squared", "nearest", "zero"), m
+        assert v2.augment.mode == ("none" if m == "action" else "ssl4mis"), m
+        v1, cfg1 = resolve(RunSpec(method=m, dataset="tiny-test", protocol="field-v1"), get_method_class(m))
+        assert (v1.dice_form, v1.eval_resample, v1.empty_asd, v1.augment.mode) == \
+            ("linear", "bilinear", "diagonal", "harness"), m
+        if m == "cps":
+            assert (cfg2.variant, cfg1.variant) == ("ssl4mis", "ssl4mis-2021")
