@@ -182,3 +182,74 @@ def test_field_v2_sets_every_switch_and_v1_none():
             ("linear", "bilinear", "diagonal", "harness"), m
         if m == "cps":
             assert (cfg2.variant, cfg1.variant) == ("ssl4mis", "ssl4mis-2021")
+
+
+# -- empty_asd ----------------------------------------------------------------------------------
+def test_empty_prediction_asd_policy():
+    import numpy as np
+
+    from ssl_bench.metrics import case_metrics
+
+    label = np.zeros((2, 4, 4), dtype=np.int64)
+    label[:, 1:3, 1:3] = 1  # class 1 present in the label
+    label[0, 0, 0] = 2      # class 2 too
+    pred = np.zeros_like(label)
+    pred[0, 0, 0] = 2       # class 1 missed entirely, class 2 exact
+    diag = case_metrics(pred, label, ["bg", "a", "b"], (1.0, 1.0, 1.0))["classes"]
+    zero = case_metrics(pred, label, ["bg", "a", "b"], (1.0, 1.0, 1.0), empty_asd="zero")["classes"]
+    assert diag["a"]["rule"] == "pred_empty" and diag["a"]["dice"] == zero["a"]["dice"] == 0.0
+    assert diag["a"]["asd_vox"] == pytest.approx(math.sqrt(2 ** 2 + 4 ** 2 + 4 ** 2))  # volume diagonal
+    assert zero["a"]["asd_vox"] == zero["a"]["hd95_mm"] == zero["a"]["assd_vox"] == 0.0
+    assert zero["b"] == diag["b"] and zero["b"]["asd_vox"] == 0.0 and zero["b"]["dice"] == 1.0
+    # a hallucinated class (label empty) keeps the diagonal under both: upstream has no value there
+    pred2 = pred.copy()
+    pred2[1, 3, 3] = 2
+    label2 = label.copy()
+    label2[0, 0, 0] = 0
+    z2 = case_metrics(pred2, label2, ["bg", "a", "b"], (1.0, 1.0, 1.0), empty_asd="zero")["classes"]
+    assert z2["b"]["rule"] == "label_empty" and z2["b"]["asd_vox"] == pytest.approx(6.0)
+    with pytest.raises(ValueError, match="empty_asd"):
+        case_metrics(pred, label, ["bg", "a", "b"], (1.0, 1.0, 1.0), empty_asd="nan")
+
+
+def test_table_footnote_names_the_empty_asd_policy():
+    import pandas as pd
+
+    from ssl_bench.table.model import empty_asd_line
+
+    assert "volume diagonal" in empty_asd_line(pd.DataFrame({"method": ["mt"]}))  # runs before the key
+    assert "0, as the ACTION and BCP" in empty_asd_line(pd.DataFrame({"as_run.empty_asd": ["zero", "zero"]}))
+    assert "mixed" in empty_asd_line(pd.DataFrame({"as_run.empty_asd": ["zero", "diagonal"]}))
+
+
+# -- CPS init -----------------------------------------------------------------------------------
+def test_cps_ssl4mis_keeps_default_init_and_2021_reinitialises():
+    """``ssl4mis`` (SSL4MIS since 9a74d15): both nets equal a default-initialised backbone under
+    the same seeds; ``ssl4mis-2021``: conv weights re-drawn Kaiming-normal (net1, std sqrt(2/fan_in))
+    and Xavier-normal (net2), BatchNorm weight 1 and bias 0."""
+    from torch import nn
+
+    from ssl_bench.nets import create_backbone
+
+    new, _ = tiny_setup("cps", {"variant": "ssl4mis"})
+    torch.manual_seed(0)
+    reference = create_backbone("unet", 1, 4)
+    assert all(torch.equal(a, b) for a, b in zip(new.net1.state_dict().values(), reference.state_dict().values()))
+    old, _ = tiny_setup("cps", {"variant": "ssl4mis-2021"})
+    assert not torch.equal(old.net1.state_dict()[next(iter(old.net1.state_dict()))],
+                           new.net1.state_dict()[next(iter(new.net1.state_dict()))])
+    convs1 = [m for m in old.net1.modules() if isinstance(m, nn.Conv2d) and m.weight[0].numel() >= 256]
+    convs2 = [m for m in old.net2.modules() if isinstance(m, nn.Conv2d) and m.weight[0].numel() >= 256]
+    for c in convs1:  # kaiming_normal_, fan_in mode, gain sqrt(2)
+        want = math.sqrt(2 / c.weight[0].numel())
+        assert float(c.weight.std()) == pytest.approx(want, rel=0.15)
+    for c in convs2:  # xavier_normal_: sqrt(2 / (fan_in + fan_out))
+        rf = c.weight[0, 0].numel()
+        want = math.sqrt(2 / (c.weight.shape[1] * rf + c.weight.shape[0] * rf))
+        assert float(c.weight.std()) == pytest.approx(want, rel=0.15)
+    for m in old.net1.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.equal(m.bias, torch.zeros_like(m.bias))
+    # the default (uniform, kaiming_uniform_ with a = sqrt(5)) has std sqrt(1 / (3 fan_in)): not Kaiming-normal's
+    c = [m for m in new.net1.modules() if isinstance(m, nn.Conv2d) and m.weight[0].numel() >= 256][0]
+    assert float(c.weight.std()) == pytest.approx(math.sqrt(1 / (3 * c.weight[0].numel())), rel=0.15)
