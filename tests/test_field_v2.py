@@ -253,3 +253,52 @@ def test_cps_ssl4mis_keeps_default_init_and_2021_reinitialises():
     # the default (uniform, kaiming_uniform_ with a = sqrt(5)) has std sqrt(1 / (3 fan_in)): not Kaiming-normal's
     c = [m for m in new.net1.modules() if isinstance(m, nn.Conv2d) and m.weight[0].numel() >= 256][0]
     assert float(c.weight.std()) == pytest.approx(math.sqrt(1 / (3 * c.weight[0].numel())), rel=0.15)
+
+
+# -- ACTION released strong view ----------------------------------------------------------------
+def test_release_perturbation_distribution():
+    from ssl_bench.methods.action_mix import gaussian_blur, release_perturbation
+
+    g = torch.Generator().manual_seed(0)
+    n = 2000
+    # constant slices: blur and contrast keep them, brightness scales them by b in [0.75, 1.25]
+    const = torch.full((n, 1, 12, 12), 2.0)
+    out = release_perturbation(const, g)
+    ratio = out[:, 0, 0, 0] / 2.0
+    assert torch.allclose(out, out[:, :, :1, :1].expand_as(out), atol=1e-5)  # still constant
+    assert float(ratio.min()) >= 0.75 - 1e-5 and float(ratio.max()) <= 1.25 + 1e-5
+    assert abs(float(((ratio - 1).abs() > 1e-6).float().mean()) - 0.5) < 0.05  # jitter p 0.5
+    # random slices: untouched with p 0.25 (no jitter, no blur)
+    x = torch.rand(n, 1, 12, 12, generator=g)
+    same = (release_perturbation(x, g) == x).flatten(1).all(1).float().mean()
+    assert abs(float(same) - 0.25) < 0.04
+    # the blur: an interior delta keeps its mass and spreads more for a larger sigma
+    delta = torch.zeros(2, 1, 15, 15)
+    delta[:, :, 7, 7] = 1
+    b = gaussian_blur(delta, torch.tensor([0.15, 1.15]))
+    assert torch.allclose(b.sum((1, 2, 3)), torch.ones(2), atol=1e-5)
+    assert float(b[0, 0, 7, 7]) > 0.99 and float(b[1, 0, 7, 7]) < 0.2
+
+
+def test_action_released_strong_view_mixes_the_weak_view_then_perturbs(monkeypatch):
+    import ssl_bench.methods.action as action_mod
+
+    method, batch = tiny_setup("action", {"variant": "released", "strong_view": "released"})
+    method.set_stage("iii")
+    seen = {}
+    original = action_mod.release_perturbation
+
+    def spy(x, g):
+        seen["in"] = x.clone()
+        return original(x, g)
+
+    monkeypatch.setattr(action_mod, "release_perturbation", spy)
+    out = method.training_step(batch, 0)
+    assert torch.isfinite(out.loss)
+    # the perturbed input is a CutMix of the *weak* view (each pixel from image i or i + 1)
+    x = batch.x_ulb
+    mixed = seen["in"]
+    from_self, from_next = mixed == x, mixed == x.roll(-1, 0)
+    assert bool((from_self | from_next).all()) and bool((~from_self).any())
+    with pytest.raises(Exception, match="strong_view"):
+        tiny_setup("action", {"strong_view": "fancy"})
