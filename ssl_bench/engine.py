@@ -265,7 +265,8 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
             method.set_stage(stage.name)
             ctx.total_iterations = n_it
             params_main = method.trainable_parameters()
-            opt = torch.optim.SGD(params_main, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            opt = torch.optim.SGD(params_main, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                  nesterov=cfg.nesterov)
             aux_opts = {k: method.make_aux_optimizer(k, v) for k, v in method.aux_parameters().items()}
             start = 0
             if resume is not None and resume["state"]["stage"] == si:

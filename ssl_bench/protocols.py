@@ -182,7 +182,9 @@ FIELD = Protocol(
     methods={
         **{m: _v2(r) for m, r in FIELD_V1.methods.items()},
         # the release: no rot/flip (commented out), stage-iii student = CutMix then jitter + blur
-        "action": _v2(FIELD_V1.methods["action"], **{"augment.mode": "none", "method.strong_view": "released"}),
+        # and Nesterov SGD (code/train_2D_action.py)
+        "action": _v2(FIELD_V1.methods["action"], **{"augment.mode": "none", "method.strong_view": "released",
+                                                     "nesterov": "true"}),
         "cps": _v2(_ssl4mis(variant="ssl4mis")),  # default init: SSL4MIS since 9a74d15 (2021-12-16)
     },
     published=True,

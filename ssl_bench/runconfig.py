@@ -44,6 +44,7 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    nesterov: bool = False  # Nesterov momentum in the main SGD (ACTION's release; field v2 for action)
     poly_power: float = 0.9
     image_size: int = 0  # 0 = the dataset's default (256 for real data)
     backbone: str = "unet"
@@ -84,6 +85,8 @@ class TrainConfig:
     rampup: RampConfig = field(default_factory=RampConfig)
 
     def __post_init__(self):
+        if self.nesterov and self.momentum <= 0:
+            raise ConfigError("nesterov=true needs momentum > 0; set momentum or nesterov=false")
         if self.report_checkpoint not in ("best", "last"):
             raise ConfigError(f"report_checkpoint={self.report_checkpoint!r}; use best or last")
         if not self.budget_scale > 0:

@@ -302,3 +302,39 @@ def test_action_released_strong_view_mixes_the_weak_view_then_perturbs(monkeypat
     assert bool((from_self | from_next).all()) and bool((~from_self).any())
     with pytest.raises(Exception, match="strong_view"):
         tiny_setup("action", {"strong_view": "fancy"})
+
+
+# -- end to end ---------------------------------------------------------------------------------
+def test_field_v2_run_end_to_end(tmp_path):
+    """A tiny run under ``field`` (v2): its config, eval summary and optimiser carry the switches."""
+    import json
+
+    from ssl_bench import engine
+    from ssl_bench.runconfig import RunSpec
+
+    fast = {"iterations": "2", "labeled_bs": "2", "unlabeled_bs": "2", "val_every": "2",
+            "checkpoint_every": "2", "log_every": "1", "eval_batch_size": "4", "nesterov": "true"}
+    spec = RunSpec(method="unet-l", dataset="tiny-test", labeled=2, protocol="field", overrides=fast)
+    run = engine.prepare(spec, tmp_path / "data", tmp_path / "results")
+    res = engine.fit(run, progress=False)
+    config = json.loads((res.run_dir / "config.json").read_text())
+    train = config["train"]
+    assert (config["protocol"], config["protocol_version"]) == ("field", 2)
+    assert (train["dice_form"], train["eval_resample"], train["empty_asd"], train["augment"]["mode"]) == \
+        ("squared", "nearest", "zero", "ssl4mis")
+    summary = json.loads((res.run_dir / "test_best_summary.json").read_text())
+    assert summary["policy"]["empty_asd"] == "zero"
+    latest = torch.load(res.run_dir / "checkpoints" / "latest.pt", weights_only=False)
+    assert latest["optimizer"]["param_groups"][0]["nesterov"] is True
+
+
+def test_field_v2_action_sets_nesterov_only_for_action():
+    from ssl_bench.config import ConfigError
+    from ssl_bench.registry import get_method_class
+    from ssl_bench.runconfig import RunSpec, TrainConfig, resolve
+
+    for m in ("action", "mt"):
+        train, _ = resolve(RunSpec(method=m, dataset="tiny-test", protocol="field"), get_method_class(m))
+        assert train.nesterov is (m == "action")
+    with pytest.raises(ConfigError, match="nesterov"):
+        TrainConfig(nesterov=True, momentum=0.0)
