@@ -77,8 +77,10 @@ Remaining differences from the released code, in both variants (not switchable):
 * stage iii: the release forwards labeled (4) and unlabeled (4) slices separately (two BN
   batches), perturbs the mixed images with colour jitter, Gaussian blur and AdvMorph (a module
   missing from the release), steps the EMA twice per iteration and uses Nesterov SGD; here one
-  forward of labeled + unlabeled, the loop's photometric strong view before mixing, one EMA step,
-  the loop's SGD. Its AnCo draws 512 negatives per query and averages all valid pixels into the
+  forward of labeled + unlabeled, one EMA step, the loop's SGD, and by default the loop's
+  photometric strong view before mixing (``strong_view=released``: the release's jitter and blur
+  after mixing, without AdvMorph; protocol ``field`` v2 sets it). The release also trains with no
+  geometric augmentation (its rot/flip lines are commented out): ``augment.mode=none`` (field v2). Its AnCo draws 512 negatives per query and averages all valid pixels into the
   prototypes (``prototype_pixels=0`` does that here), its H_r starts with a 3x3 convolution and
   upsamples with ``align_corners=True``;
 * the release tests the last stage-iii student (no validation); the loop reports best-on-val and
@@ -109,13 +111,12 @@ from torch import nn
 
 from ssl_bench.config import ConfigError
 from ssl_bench.ema import make_teacher
-from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
 from .action_heads import ActionNet, LocalPredictor, MLPPredictor, RepresentationHead
 from .action_losses import (ANCO_FORMS, byol_loss, distillation_kl, pseudo_label_ce, reco_weighted_ce,
                             sampled_anco)
-from .action_mix import MIXES, mix_masks, mix_with_next
+from .action_mix import MIXES, STRONG_VIEWS, mix_masks, mix_with_next, release_perturbation
 from .base import Method, Stage, StepOutput
 from .variant import check_variant, resolve_all
 
@@ -163,6 +164,9 @@ class ActionConfig:
     ablation: str = "none"
     student_aug: str = "strong"
     teacher_aug: str = "weak"
+    # stage iii student view: harness (the loop's photometric strong view, before mixing) or
+    # released (the weak view, mixed, then the release's colour jitter + blur: action_mix.release_perturbation)
+    strong_view: str = "harness"
 
     def __post_init__(self):
         try:
@@ -173,7 +177,7 @@ class ActionConfig:
             raise ConfigError(f"action: unknown ablation {self.ablation!r}; "
                               f"choose from {', '.join(ABLATIONS)}")
         choices = {"student_aug": AUGS, "teacher_aug": AUGS, "pseudo_ce": (None, *PSEUDO_CE),
-                   "anco_form": (None, *ANCO_FORMS), "mix": (None, *MIXES)}
+                   "anco_form": (None, *ANCO_FORMS), "mix": (None, *MIXES), "strong_view": STRONG_VIEWS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"action: {key}={getattr(self, key)!r}; use one of "
@@ -363,7 +367,7 @@ class Action(Method):
         n_lb = batch.x_lb.shape[0]
         x_s, x_t = self._aligned_views(batch)
         logits, enc, _ = self.net.backbone.forward_features(torch.cat([batch.x_lb, x_s]))
-        sup = supervised_loss(logits[:n_lb], batch.y_lb)
+        sup = self.supervised_loss(logits[:n_lb], batch.y_lb)
         # (B, D, g, g) -> (B, g*g, D): one query per region
         e_s = self.predictors["local"](self.net.local_head(logits[n_lb:])).flatten(2).transpose(1, 2)
         with torch.no_grad():
@@ -382,7 +386,7 @@ class Action(Method):
         return StepOutput(loss=sup + unsup, unsup=unsup, terms=terms)
 
     def _stage_finetune(self, batch):
-        sup = supervised_loss(self.net.backbone(batch.x_lb), batch.y_lb)
+        sup = self.supervised_loss(self.net.backbone(batch.x_lb), batch.y_lb)
         return StepOutput(loss=sup, terms={"sup": sup.detach()})
 
     @torch.no_grad()
@@ -410,12 +414,16 @@ class Action(Method):
         x_s, x_t = self._aligned_views(batch)
         if not self.use_unsup:
             logits = self.net.backbone(torch.cat([batch.x_lb, x_s]))
-            sup = supervised_loss(logits[:n_lb], batch.y_lb)
+            sup = self.supervised_loss(logits[:n_lb], batch.y_lb)
             return StepOutput(loss=sup, terms={"sup": sup.detach()})
-        x_s, t_probs = self.mixed(x_s, self.teacher_probs(x_t))
+        if cfg.strong_view == "released":  # mix the weak view, then perturb it as the release does
+            x_s, t_probs = self.mixed(batch.x_ulb, self.teacher_probs(x_t))
+            x_s = release_perturbation(x_s, self.ctx.generator)
+        else:
+            x_s, t_probs = self.mixed(x_s, self.teacher_probs(x_t))
         x = torch.cat([batch.x_lb, x_s])
         logits, enc, dec = self.net.backbone.forward_features(x)
-        sup = supervised_loss(logits[:n_lb], batch.y_lb)
+        sup = self.supervised_loss(logits[:n_lb], batch.y_lb)
         terms = {"sup": sup.detach(),
                  "confident": (t_probs.max(1).values > cfg.theta_s).float().mean()}
         unsup = torch.zeros((), device=x.device)

@@ -11,12 +11,19 @@ pixel keeps the pseudo-label and confidence of the image it came from.
   area / width (rounded), placed uniformly; the box comes from the partner image.
 * ClassMix: the pixels of image i whose pseudo-label is one of a random half (rounded down) of
   the classes present in image i stay; the rest comes from the partner.
+
+The release then perturbs the mixed student images (its ``augment.py`` ``augmentation``), which
+``release_perturbation`` reproduces on single-channel slices (config ``strong_view=released``).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from ssl_bench.sampling import to_device
 
 MIXES = ("none", "cutmix", "classmix")
+STRONG_VIEWS = ("harness", "released")
 
 
 def cutmix_mask(height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -53,3 +60,46 @@ def mix_with_next(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """x[i] where masks[i] = 1, x[(i + 1) % B] elsewhere; x is (B, C, H, W), masks (B, H, W)."""
     m = masks[:, None].to(x.dtype)
     return x * m + x.roll(-1, dims=0) * (1 - m)
+
+
+def _draw(shape, generator, device, low=0.0, high=1.0):
+    dd = generator.device if generator is not None else torch.device("cpu")
+    return to_device(torch.rand(*shape, generator=generator, device=dd) * (high - low) + low, device)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 4) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 1, H, W) with one ``sigma`` per image (a 9-tap kernel covers
+    3 sigma up to 1.15 px; reflect padding, so a constant image stays constant)."""
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-t[None] ** 2 / (2 * sigma[:, None].to(x.dtype) ** 2))
+    k = k / k.sum(1, keepdim=True)  # (B, 2r+1)
+    b, c, h, w = x.shape
+    y = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    kc = k.repeat_interleave(c, 0)
+    y = F.conv2d(y, kc[:, None, None, :], groups=b * c)
+    y = F.conv2d(y, kc[:, None, :, None], groups=b * c)
+    return y.reshape(b, c, h, w)
+
+
+def release_perturbation(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """ACTION's released stage-iii student perturbation (charlesyou999648/ACTION ``code/augment.py``
+    ``augmentation`` after ``generate_unsup_data``), per image: with p 0.5 colour jitter, with p 0.5
+    a Gaussian blur of sigma uniform in [0.15, 1.15]. The release's ``ColorJitter((0.75, 1.25),
+    (0.75, 1.25), (0.75, 1.25), (-0.25, 0.25))`` acts on 3-channel images; on a single-channel MR
+    slice saturation is a no-op and hue is undefined, so brightness (x * b) and contrast
+    ((x - mean) * c + mean, mean over the image) with b, c uniform in [0.75, 1.25] remain, in that
+    order. Its AdvMorph (p 0.5) is left out: its module is missing from the release."""
+    if x.shape[0] == 0:
+        return x
+    n, dev = x.shape[0], x.device
+    shape = (n,) + (1,) * (x.dim() - 1)
+    jitter = _draw((n,), generator, dev) < 0.5
+    b = _draw((n,), generator, dev, 0.75, 1.25)
+    c = _draw((n,), generator, dev, 0.75, 1.25)
+    blur = _draw((n,), generator, dev) < 0.5
+    sigma = _draw((n,), generator, dev, 0.15, 1.15)
+    out = x * b.view(shape)
+    mean = out.mean(dim=tuple(range(1, x.dim())), keepdim=True)
+    out = (out - mean) * c.view(shape) + mean
+    x = torch.where(jitter.view(shape), out, x)
+    return torch.where(blur.view(shape), gaussian_blur(x, sigma), x)

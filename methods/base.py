@@ -21,6 +21,7 @@ from torch import nn
 
 from ssl_bench.augment import Augmenter
 from ssl_bench.ema import ema_momentum, ema_update
+from ssl_bench.losses import supervised_loss
 from ssl_bench.nets import create_backbone
 from ssl_bench.schedules import unsup_weight_rampup
 from ssl_bench.registry import register_method  # re-exported for plugins  # noqa: F401
@@ -42,6 +43,7 @@ class MethodContext:
     augment: Augmenter = field(default_factory=Augmenter)
     generator: torch.Generator | None = None  # for random choices inside methods
     rampup: "RampConfig | None" = None  # the run's shared ramp-up schedule (None: each method's own)
+    dice_form: str = "linear"  # the soft-Dice form of every supervised loss (train key ``dice_form``)
 
     def make_backbone(self) -> nn.Module:
         return create_backbone(self.backbone, self.in_channels, self.num_classes)
@@ -179,6 +181,11 @@ class Method:
         for teacher, student, momentum in self.teachers().values():
             ema_update(teacher, student, ema_momentum(momentum, self.ema_step))
         self.ema_step += 1
+
+    def supervised_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """0.5 (CE + soft Dice) with the run's ``dice_form`` (``ssl_bench.losses.supervised_loss``):
+        every method computes its supervised term through this, so the switch reaches them all."""
+        return supervised_loss(logits, target, dice_form=self.ctx.dice_form)
 
     def ramp(self, step: int, fraction: float) -> float:
         """Ramp-up factor of an unlabeled weight: the method's own sigmoid ramp over ``fraction``

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ssl_bench.ema import make_teacher
+from ssl_bench.losses import one_hot, soft_dice
 from ssl_bench.registry import register_method
 
 from .base import Method, Stage, StepOutput
@@ -84,22 +85,20 @@ def paste(background: torch.Tensor, foreground: torch.Tensor, mask: torch.Tensor
 
 
 def masked_supervised_loss(logits: torch.Tensor, target: torch.Tensor, region: torch.Tensor,
-                           eps: float = 1e-5) -> torch.Tensor:
+                           eps: float = 1e-5, dice_form: str = "linear") -> torch.Tensor:
     """0.5 (CE + Dice) over the pixels where ``region`` (H, W or B, H, W) is 1.
 
     CE is averaged over the region's pixels; Dice uses region-masked sums over the batch,
-    averaged over all classes (background included), like the harness's ``dice_loss``.
+    averaged over all classes (background included), like the harness's ``dice_loss``;
+    ``dice_form`` squared is BCP's own ``code/utils/losses.py`` masked ``DiceLoss``
+    (Σ p y m / (Σ p² m + Σ y² m)).
     """
     region = region.expand(target.shape).float()
     ce = (F.cross_entropy(logits.float(), target.long(), reduction="none") * region).sum()
     ce = ce / region.sum().clamp_min(1.0)
     probs = logits.float().softmax(1)
-    onehot = F.one_hot(target.long(), probs.shape[1]).movedim(-1, 1).float()
-    r = region[:, None]
-    inter = (probs * onehot * r).sum((0, 2, 3))
-    denom = (probs * r).sum((0, 2, 3)) + (onehot * r).sum((0, 2, 3))
-    dice = 1.0 - ((2 * inter + eps) / (denom + eps)).mean()
-    return 0.5 * (ce + dice)
+    dice = soft_dice(probs, one_hot(target, probs.shape[1]), dice_form, eps, weight=region[:, None])
+    return 0.5 * (ce + 1.0 - dice.mean())
 
 
 def largest_components(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -162,6 +161,10 @@ class BCP(Method):
             return self.pretrain_step(batch, mask)
         return self.self_train_step(batch, mask)
 
+    def masked_loss(self, logits, target, region):
+        """``masked_supervised_loss`` with the run's ``dice_form``."""
+        return masked_supervised_loss(logits, target, region, dice_form=self.ctx.dice_form)
+
     def pretrain_step(self, batch, mask):
         n = batch.x_lb.shape[0] // 2
         if n == 0:
@@ -169,7 +172,7 @@ class BCP(Method):
         x = paste(batch.x_lb[:n], batch.x_lb[n:2 * n], mask)
         y = paste(batch.y_lb[:n], batch.y_lb[n:2 * n], mask).long()
         logits = self.student(x)
-        loss = masked_supervised_loss(logits, y, mask) + masked_supervised_loss(logits, y, 1 - mask)
+        loss = self.masked_loss(logits, y, mask) + self.masked_loss(logits, y, 1 - mask)
         return StepOutput(loss=loss, terms={"sup": loss.detach()})
 
     @staticmethod
@@ -197,8 +200,8 @@ class BCP(Method):
         logits = self.student(torch.cat([x_in, x_out]))
         q_in, q_out = logits[:x_in.shape[0]], logits[x_in.shape[0]:]
         # ground-truth regions: outside the box in x_in, inside it in x_out
-        sup = masked_supervised_loss(q_in, y_in, mask) + masked_supervised_loss(q_out, y_out, 1 - mask)
-        unsup = masked_supervised_loss(q_in, y_in, 1 - mask) + masked_supervised_loss(q_out, y_out, mask)
+        sup = self.masked_loss(q_in, y_in, mask) + self.masked_loss(q_out, y_out, 1 - mask)
+        unsup = self.masked_loss(q_in, y_in, 1 - mask) + self.masked_loss(q_out, y_out, mask)
         loss = sup + self.cfg.alpha * unsup
         return StepOutput(loss=loss, unsup=unsup,
                           terms={"sup": sup.detach(), "unsup": unsup.detach()})

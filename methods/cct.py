@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
 from . import perturbations as P
@@ -151,11 +150,11 @@ class CCT(Method):
         aux_logits = [a if a.shape[-2:] == size else F.interpolate(a, size=size, mode="bilinear")
                       for a in aux_logits]
 
-        sup = supervised_loss(main_logits[:n_lb], batch.y_lb)
+        sup = self.supervised_loss(main_logits[:n_lb], batch.y_lb)
         if self.cfg.variant == "paper":
             cons = cct_consistency(main_logits[n_lb:], aux_logits, detach_main=True)
         else:
-            sups = [sup] + [supervised_loss(a[:n_lb], batch.y_lb) for a in aux_logits]
+            sups = [sup] + [self.supervised_loss(a[:n_lb], batch.y_lb) for a in aux_logits]
             sup = torch.stack(sups).mean()
             cons = cct_consistency(main_logits[n_lb:], [a[n_lb:] for a in aux_logits], detach_main=False)
         w = self.unsup_weight * self.ramp(step, self.rampup)

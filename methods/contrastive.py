@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_bench.losses import supervised_loss
 
 from .base import Method, Stage, StepOutput
 
@@ -179,7 +178,7 @@ class PretrainFinetune(Method):
             loss = self.local_loss(batch)
             unsup = None if self.local_uses_labels else loss
             return StepOutput(loss=loss, unsup=unsup, terms={"local_contrast": loss.detach()})
-        sup = supervised_loss(self.student(batch.x_lb), batch.y_lb)
+        sup = self.supervised_loss(self.student(batch.x_lb), batch.y_lb)
         return StepOutput(loss=sup, terms={"sup": sup.detach()})
 
     def global_embeddings(self, batch) -> torch.Tensor:

@@ -13,10 +13,15 @@ lambda = 1.5 (their PASCAL VOC value; Cityscapes used 6), constant: no ramp-up i
 The second network is built under its own random seed (drawn from the run's generator), so the
 two start from different weights of the same default initialisation.
 
-``variant="ssl4mis"``: the widely used SSL4MIS re-implementation behind the ACDC tables: cross
-term on unlabeled images only, lambda = 0.1 ramped up with a sigmoid over the whole budget
-(200 "epochs" of 150 iterations = its 30k iterations), and the two networks initialised with
-Kaiming-normal and Xavier-normal convolution weights respectively.
+``variant="ssl4mis"``: the widely used SSL4MIS re-implementation behind the ACDC tables
+(HiLab-git/SSL4MIS ``code/train_cross_pseudo_supervision_2D.py`` since 9a74d15, 2021-12-16, the
+code the 2022-era tables ran): cross term on unlabeled images only, lambda = 0.1 ramped up with a
+sigmoid over the whole budget (200 "epochs" of 150 iterations = its 30k iterations), both
+networks with PyTorch's default initialisation (two ``create_model()`` calls).
+``variant="ssl4mis-2021"``: the same script before 9a74d15 ("fixed a bug for CPS" removed this):
+the two networks' convolution weights re-initialised Kaiming-normal and Xavier-normal
+respectively, BatchNorm to identity. (ssl-bench's ``ssl4mis`` had this form until issue 16;
+protocol ``field`` v1 selects it.)
 ``cps_weight`` / ``rampup`` override the variant's values when set.
 
 The supervised term is the harness's 0.5 (CE + Dice) for both variants; inference uses the
@@ -30,24 +35,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
 from .base import Method, StepOutput
 from .variant import check_variant
 
 VARIANTS = {
-    # variant: (cps weight, ramp-up fraction of the budget, cross term on labeled images too)
-    "paper": (1.5, 0.0, True),
-    "ssl4mis": (0.1, 1.0, False),
+    # variant: (cps weight, ramp-up fraction of the budget, cross term on labeled images too,
+    #           Kaiming/Xavier re-initialisation)
+    "paper": (1.5, 0.0, True, False),
+    "ssl4mis": (0.1, 1.0, False, False),
+    "ssl4mis-2021": (0.1, 1.0, False, True),
 }
 
 
 @dataclass
 class CPSConfig:
-    variant: str = "paper"
-    cps_weight: float | None = None  # None: the variant's (1.5 paper, 0.1 ssl4mis)
-    rampup: float | None = None  # fraction of the budget; None: the variant's (0 paper, 1.0 ssl4mis)
+    variant: str = "paper"  # paper | ssl4mis (default init) | ssl4mis-2021 (Kaiming/Xavier init)
+    cps_weight: float | None = None  # None: the variant's (1.5 paper, 0.1 ssl4mis*)
+    rampup: float | None = None  # fraction of the budget; None: the variant's (0 paper, 1.0 ssl4mis*)
 
 
 def cross_pseudo_losses(logits_a: torch.Tensor, logits_b: torch.Tensor):
@@ -82,7 +88,7 @@ class CPS(Method):
     def __init__(self, cfg: CPSConfig, ctx):
         check_variant("cps", cfg.variant, VARIANTS)
         super().__init__(cfg, ctx)
-        default_weight, default_rampup, self.cross_on_labeled = VARIANTS[cfg.variant]
+        default_weight, default_rampup, self.cross_on_labeled, kaiming_xavier = VARIANTS[cfg.variant]
         self.cps_weight = default_weight if cfg.cps_weight is None else cfg.cps_weight
         self.rampup = default_rampup if cfg.rampup is None else cfg.rampup
         self.net1 = ctx.make_backbone()
@@ -90,7 +96,7 @@ class CPS(Method):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the second network's own seed
             self.net2 = ctx.make_backbone()
-        if cfg.variant == "ssl4mis":
+        if kaiming_xavier:
             _init_convs(self.net1, nn.init.kaiming_normal_)
             _init_convs(self.net2, nn.init.xavier_normal_)
 
@@ -104,7 +110,7 @@ class CPS(Method):
         n_lb = batch.x_lb.shape[0]
         x = torch.cat([batch.x_lb, batch.x_ulb])
         logits1, logits2 = self.net1(x), self.net2(x)
-        sup = supervised_loss(logits1[:n_lb], batch.y_lb) + supervised_loss(logits2[:n_lb], batch.y_lb)
+        sup = self.supervised_loss(logits1[:n_lb], batch.y_lb) + self.supervised_loss(logits2[:n_lb], batch.y_lb)
         start = 0 if self.cross_on_labeled else n_lb
         cps_1, cps_2 = cross_pseudo_losses(logits1[start:], logits2[start:])
         cps = cps_1 + cps_2

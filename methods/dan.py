@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
 from .base import Method, StepOutput
@@ -94,7 +93,7 @@ class DAN(Method):
         x = torch.cat([batch.x_lb, batch.x_ulb])
         logits = self.student(x)
         probs = logits.float().softmax(1)
-        sup = supervised_loss(logits[:n_lb], batch.y_lb)
+        sup = self.supervised_loss(logits[:n_lb], batch.y_lb)
         adv = adversarial_loss(self.discriminator(x[n_lb:], probs[n_lb:]))
         w = self.cfg.adv_weight * self.ramp(step, self.cfg.rampup)
         d_scores = self.discriminator(x, probs.detach())

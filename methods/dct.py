@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
 from .base import Method, StepOutput
@@ -111,7 +110,7 @@ class DCT(Method):
         n_lb = batch.x_lb.shape[0]
         x = torch.cat([batch.x_lb, batch.x_ulb])
         logits1, logits2 = self.net1(x), self.net2(x)
-        sup = supervised_loss(logits1[:n_lb], batch.y_lb) + supervised_loss(logits2[:n_lb], batch.y_lb)
+        sup = self.supervised_loss(logits1[:n_lb], batch.y_lb) + self.supervised_loss(logits2[:n_lb], batch.y_lb)
         cot = js_divergence(logits1[n_lb:], logits2[n_lb:])
         # FGSM targets: labels where known, each net's own prediction elsewhere
         y1 = torch.cat([batch.y_lb, logits1[n_lb:].argmax(1)]).long()
@@ -130,7 +129,7 @@ class DCT(Method):
         logits = self.net1(torch.cat([batch.x_lb, batch.x_ulb]))
         k = int(torch.randint(0, 4, (1,), generator=self.ctx.generator))
         rot_logits = self.net1(torch.rot90(batch.x_ulb, k, (2, 3)))
-        sup = supervised_loss(logits[:n_lb], batch.y_lb)
+        sup = self.supervised_loss(logits[:n_lb], batch.y_lb)
         cons = rotation_consistency(logits[n_lb:], rot_logits, k)
         w = self.cfg.rotation_weight * w
         return StepOutput(loss=sup + w * cons, unsup=cons,

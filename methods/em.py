@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ssl_bench.losses import entropy_map, supervised_loss
+from ssl_bench.losses import entropy_map
 from ssl_bench.registry import register_method
 
 from .base import Method, StepOutput
@@ -61,7 +61,7 @@ class EntropyMinimisation(Method):
     def training_step(self, batch, step):
         n_lb = batch.x_lb.shape[0]
         logits = self.student(torch.cat([batch.x_lb, batch.x_ulb]))
-        sup = supervised_loss(logits[:n_lb], batch.y_lb)
+        sup = self.supervised_loss(logits[:n_lb], batch.y_lb)
         ent = entropy_loss(logits if self.cfg.variant == "ssl4mis" else logits[n_lb:])
         w = self.cfg.weight * self.ramp(step, self.cfg.rampup)
         return StepOutput(loss=sup + w * ent, unsup=ent,

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 from ssl_bench.ema import make_teacher
-from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 from ssl_bench.sampling import to_device  # CPU draws reach a GPU without a host sync
 
@@ -107,7 +106,7 @@ class ICT(Method):
         n_lb = batch.x_lb.shape[0]
         u_mix, target = self.mixup(batch.x_ulb)
         logits = self.student(torch.cat([batch.x_lb, u_mix]))
-        sup = supervised_loss(logits[:n_lb], batch.y_lb)
+        sup = self.supervised_loss(logits[:n_lb], batch.y_lb)
         cons = ict_consistency(logits[n_lb:], target)
         w = self.consistency * self.ramp(step, self.rampup)
         return StepOutput(loss=sup + w * cons, unsup=cons,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ssl_bench.ema import make_teacher
-from ssl_bench.losses import softmax_mse, supervised_loss
+from ssl_bench.losses import softmax_mse
 from ssl_bench.registry import register_method
 
 from .base import Method, StepOutput
@@ -65,7 +65,7 @@ class MeanTeacher(Method):
         u_student = batch.x_ulb if cfg.variant == "ssl4mis" else input_noise(batch.x_ulb, cfg.noise_std, cfg.noise_clip)
         x = torch.cat([batch.x_lb, u_student])
         logits = self.student(x)
-        sup = supervised_loss(logits[:n_lb], batch.y_lb)
+        sup = self.supervised_loss(logits[:n_lb], batch.y_lb)
         with torch.no_grad():
             t_logits = self.teacher(input_noise(batch.x_ulb, cfg.noise_std, cfg.noise_clip))
         cons = softmax_mse(logits[n_lb:], t_logits)

@@ -7,7 +7,6 @@ with its label (the loop honours ``fully_supervised``), the upper bound of Table
 """
 from __future__ import annotations
 
-from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
 from .base import Method, StepOutput
@@ -25,7 +24,7 @@ class _Supervised(Method):
         return {"student": self.student}
 
     def training_step(self, batch, step):
-        loss = supervised_loss(self.student(batch.x_lb), batch.y_lb)
+        loss = self.supervised_loss(self.student(batch.x_lb), batch.y_lb)
         return StepOutput(loss=loss, terms={"sup": loss.detach()})
 
 

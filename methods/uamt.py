@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 from ssl_bench.schedules import sigmoid_rampup
 
@@ -95,7 +94,7 @@ class UAMT(MeanTeacher):
         n_lb = batch.x_lb.shape[0]
         u = batch.x_ulb
         logits = self.student(torch.cat([batch.x_lb, u]))
-        sup = supervised_loss(logits[:n_lb], batch.y_lb)
+        sup = self.supervised_loss(logits[:n_lb], batch.y_lb)
         with torch.no_grad():
             t_logits = self.teacher(input_noise(u, cfg.noise_std, cfg.noise_clip))
         uncertainty = self.teacher_uncertainty(u)

@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_bench.losses import supervised_loss
 from ssl_bench.registry import register_method
 
 from . import perturbations as P
@@ -126,7 +125,7 @@ class URPC(Method):
     def training_step(self, batch, step):
         n_lb = batch.x_lb.shape[0]
         scales = self.pyramid(torch.cat([batch.x_lb, batch.x_ulb]))
-        sup = torch.stack([supervised_loss(s[:n_lb], batch.y_lb) for s in scales]).mean()
+        sup = torch.stack([self.supervised_loss(s[:n_lb], batch.y_lb) for s in scales]).mean()
         cons = urpc_loss([s[n_lb:].float().softmax(1) for s in scales], self.cfg.variant)
         w = self.cfg.consistency * self.ramp(step, self.cfg.rampup)
         return StepOutput(loss=sup + w * cons, unsup=cons,

@@ -1,7 +1,16 @@
 """Named, configurable augmentation pipelines on batches of 2D slices (B, C, H, W).
 
-* ``weak``: random 90-degree rotation, flips, a small free rotation and a random crop
-  (zoom), composed into one affine warp per sample; labels are warped with nearest sampling.
+* ``weak``: the geometry, chosen by ``mode`` (config key ``augment.mode``):
+
+  - ``harness`` (the default): the ops of ``weak`` (random 90-degree rotation, flips, a small
+    free rotation and a random crop/zoom) composed into one affine warp per sample, image
+    bilinear, labels nearest;
+  - ``ssl4mis``: SSL4MIS's ``RandomGenerator`` as its ``code/dataloaders/dataset.py`` had it from
+    2021 to 2025 (@08c8c8b; BCP's loader is the same): with p 0.5 ``random_rot_flip`` (rot90 by
+    k uniform in 0..3, then a flip along one random axis: always a reflection), else with p 0.5
+    ``random_rotate`` (an integer angle from ``np.random.randint(-20, 20)``, i.e. -20..19
+    degrees, ``order=0``), else nothing; image *and* label nearest; no crop or zoom;
+  - ``none``: no geometry at all (ACTION's release comments its rot/flip lines out).
 * ``strong``: the weak geometry plus photometric changes (contrast and brightness),
   as in the ACTION paper's Table 4 (student strong, teacher weak by default).
 
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +35,12 @@ from ssl_bench.sampling import to_device
 
 WEAK_OPS = ("rot90", "flip", "rotate", "crop")
 STRONG_OPS = ("contrast", "brightness", "noise")
+MODES = ("harness", "ssl4mis", "none")
 
 
 @dataclass
 class AugmentConfig:
+    mode: Literal["harness", "ssl4mis", "none"] = "harness"  # the geometry: harness (the ops of `weak`) | ssl4mis | none (see module doc)
     weak: list[str] = field(default_factory=lambda: ["rot90", "flip", "rotate", "crop"])
     strong: list[str] = field(default_factory=lambda: ["contrast", "brightness"])
     rotate_degrees: float = 20.0
@@ -51,6 +63,8 @@ def _draw(fn, shape: tuple, generator: torch.Generator | None, device) -> torch.
 class Augmenter:
     def __init__(self, cfg: AugmentConfig | None = None):
         self.cfg = cfg or AugmentConfig()
+        if self.cfg.mode not in MODES:
+            raise ValueError(f"augment.mode={self.cfg.mode!r}; choose one of {', '.join(MODES)}")
         for op in self.cfg.weak:
             if op not in WEAK_OPS:
                 raise ValueError(f"unknown weak augmentation {op!r}; choose from {', '.join(WEAK_OPS)}")
@@ -97,6 +111,27 @@ class Augmenter:
         theta[:, 1, 2] = ty
         return theta
 
+    def ssl4mis_affine(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, 2, 3) matrices of SSL4MIS's ``RandomGenerator`` branches (module doc): the rot/flip
+        branch as exact integer matrices (a permutation of the pixels of a square slice under
+        nearest sampling), the rotation branch by an integer angle in -20..19 degrees."""
+        g = generator
+        dd = _draw_device(g)
+        first = to_device(torch.rand(n, generator=g, device=dd), device) < 0.5
+        second = to_device(torch.rand(n, generator=g, device=dd), device) < 0.5
+        k = to_device(torch.randint(0, 4, (n,), generator=g, device=dd), device)
+        axis = to_device(torch.randint(0, 2, (n,), generator=g, device=dd), device)
+        degrees = to_device(torch.randint(-20, 20, (n,), generator=g, device=dd), device).float()
+        cos_k = torch.tensor([1.0, 0.0, -1.0, 0.0], device=device)[k]
+        sin_k = torch.tensor([0.0, 1.0, 0.0, -1.0], device=device)[k]
+        rot90 = torch.stack([torch.stack([cos_k, -sin_k], -1), torch.stack([sin_k, cos_k], -1)], -2)
+        flip = torch.diag_embed(torch.where(axis[:, None] == torch.arange(2, device=device), -1.0, 1.0))
+        a = torch.deg2rad(degrees)
+        rot = torch.stack([torch.stack([a.cos(), -a.sin()], -1), torch.stack([a.sin(), a.cos()], -1)], -2)
+        eye = torch.eye(2, device=device).expand(n, 2, 2)
+        lin = torch.where(first[:, None, None], rot90 @ flip, torch.where(second[:, None, None], rot, eye))
+        return torch.cat([lin, torch.zeros(n, 2, 1, device=device)], -1)
+
     @staticmethod
     def warp(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
         grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
@@ -105,10 +140,15 @@ class Augmenter:
     def weak(self, x: torch.Tensor, y: torch.Tensor | None = None,
              generator: torch.Generator | None = None):
         """Weakly augmented ``x`` (and ``y`` with the same warp). Returns (x, y)."""
-        if not self.cfg.weak or x.shape[0] == 0:
+        mode = self.cfg.mode
+        if mode == "none" or (mode == "harness" and not self.cfg.weak) or x.shape[0] == 0:
             return x, y
-        theta = self.random_affine(x.shape[0], x.device, generator)
-        xw = self.warp(x, theta)
+        if mode == "ssl4mis":
+            theta = self.ssl4mis_affine(x.shape[0], x.device, generator)
+            xw = self.warp(x, theta, mode="nearest")
+        else:
+            theta = self.random_affine(x.shape[0], x.device, generator)
+            xw = self.warp(x, theta)
         yw = None
         if y is not None:
             yw = self.warp(y[:, None].float(), theta, mode="nearest")[:, 0].round().long()

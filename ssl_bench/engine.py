@@ -81,7 +81,7 @@ def prepare(spec: RunSpec, data_root_dir: Path, results_root_dir: Path) -> Prepa
     resolved["split_name"] = split.meta.get("split", split_kind)
     abl = getattr(method_cfg, "ablation", "none")
     name = spec.method if abl in ("none", None, "") else f"{spec.method}-{abl}"
-    protocol_tag = f"{spec.protocol}-v{resolved['protocol_version']}"
+    protocol_tag = f"{resolved['protocol']}-v{resolved['protocol_version']}"
     run_dir = (results_root_dir / spec.dataset / spec.setting_slug / protocol_tag / name /
                f"seed{spec.seed}-split{spec.split_seed}-{config_hash(resolved)}")
     return PreparedRun(spec, train_cfg, method_cfg, method_cls, dataset, split, image_size,
@@ -92,7 +92,7 @@ def run_name(spec: RunSpec, resolved: dict) -> str:
     """The MLflow run name: method / dataset / setting / seed / protocol (readable in the UI)."""
     split = f" split{spec.split_seed}" if spec.split_seed else ""
     return (f"{spec.method} / {spec.dataset} / {spec.setting} / seed{spec.seed}{split} / "
-            f"{spec.protocol}-v{resolved['protocol_version']}")
+            f"{resolved['protocol']}-v{resolved['protocol_version']}")
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -192,7 +192,8 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
 
     ctx = MethodContext(num_classes=run.dataset.num_classes, in_channels=1, backbone=cfg.backbone,
                         image_size=run.image_size, total_iterations=cfg.total_iterations, augment=aug,
-                        generator=torch.Generator().manual_seed(spec.seed + 1), rampup=cfg.rampup)
+                        generator=torch.Generator().manual_seed(spec.seed + 1), rampup=cfg.rampup,
+                        dice_form=cfg.dice_form)
     method = run.method_cls(run.method_cfg, ctx).to(device)
     stages = method.stages()
     its = stage_iterations(stages, cfg.total_iterations)
@@ -225,7 +226,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
         "ablation": method.ablation_tag(), "run_dir": str(run_dir),
         "variant": str(getattr(run.method_cfg, "variant", "") or ""),
         "git_commit": tracking.git_commit(), "status": "running",
-        "protocol": spec.protocol, "protocol_version": str(run.resolved["protocol_version"]),
+        "protocol": run.resolved["protocol"], "protocol_version": str(run.resolved["protocol_version"]),
         "report_checkpoint": cfg.report_checkpoint,
     }
     if hasattr(method, "augment_tag"):
@@ -266,7 +267,8 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
             method.set_stage(stage.name)
             ctx.total_iterations = n_it
             params_main = method.trainable_parameters()
-            opt = torch.optim.SGD(params_main, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            opt = torch.optim.SGD(params_main, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                  nesterov=cfg.nesterov)
             aux_opts = {k: method.make_aux_optimizer(k, v) for k, v in method.aux_parameters().items()}
             start = 0
             if resume is not None and resume["state"]["stage"] == si:
@@ -320,7 +322,8 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
                 if do_val:
                     res = evaluate_cases(method.predictor(), run.dataset, run.split.val, size, device,
                                          progress=False, batch_size=cfg.eval_batch_size,
-                                         workers=eval_workers(cfg))
+                                         workers=eval_workers(cfg), resample=cfg.eval_resample,
+                                         empty_asd=cfg.empty_asd)
                     method.train(True)
                     val_dice = float(res.summary["mean"]["dice"])
                     tracker.log_metrics({"val/dice/mean": val_dice}, state["global_step"])
@@ -396,7 +399,8 @@ def _test(run: PreparedRun, method, device, tracker, progress) -> dict:
         if res is None or not out["best_is_last"]:
             predictor.load_state_dict(weights[ckpt])
             res = evaluate_cases(predictor, run.dataset, run.split.test, run.image_size, device, progress=progress,
-                                 batch_size=cfg.eval_batch_size, workers=eval_workers(cfg))
+                                 batch_size=cfg.eval_batch_size, workers=eval_workers(cfg),
+                                 resample=cfg.eval_resample, empty_asd=cfg.empty_asd)
         write_eval(res, run.run_dir, f"test_{ckpt}")
         out["test"][ckpt] = res.summary
         flat.update(mlflow_metrics(res.summary, f"test/{ckpt}"))

@@ -1,9 +1,13 @@
 """Test-time evaluation: slice-by-slice inference on 3D cases, metrics, reports, MLflow names.
 
 Inference follows the 2D protocol of the paper's tables (SSL4MIS, ACTION IPMI 2023): every axial
-slice is resized to the training size, segmented, and the class probabilities are resized back
-to the original slice grid before the argmax, so metrics are computed on the label's own grid
-(with its spacing for the mm metrics). Metrics and the empty-mask policy: ``ssl_bench.metrics``.
+slice is resized to the training size, segmented, and the prediction is resized back to the
+original slice grid, so metrics are computed on the label's own grid (with its spacing for the mm
+metrics). ``resample`` (the train key ``eval_resample``) chooses how: ``bilinear`` (the default)
+resizes the image bilinearly and the class probabilities bilinearly before the argmax;
+``nearest`` is the upstream test scripts' form (SSL4MIS ``code/test_2D_fully.py`` ``test_single_volume``,
+also ACTION's ``test_2D.py`` and BCP's ``test_ACDC.py``): ``scipy.ndimage.zoom(order=0)`` of the
+image to the training size and of the argmax back. Metrics and the empty-mask policy: ``ssl_bench.metrics``.
 
 Speed: slices go through the network in batches on the device and the label volume comes back in
 one transfer; while the device segments the next case, the metrics of the previous ones are
@@ -50,15 +54,44 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+RESAMPLE = ("bilinear", "nearest")
+
+
+def zoom_index(n_in: int, n_out: int, device=None) -> torch.Tensor:
+    """The source index of each of ``n_out`` outputs under ``scipy.ndimage.zoom(order=0)``
+    (``grid_mode=False``): output i samples input coordinate i (n_in - 1) / (n_out - 1), rounded
+    half up (spline order 0). One difference, on purpose: where round-off puts scipy's last
+    coordinate a hair past n_in - 1 (e.g. 8 -> 26), its ``mode="constant"`` returns 0 for that
+    row/column; here it is the edge pixel."""
+    if n_out == 1:
+        return torch.zeros(1, dtype=torch.long, device=device)
+    coord = torch.arange(n_out, dtype=torch.float64) * ((n_in - 1) / (n_out - 1))
+    return torch.floor(coord + 0.5).long().clamp_(0, n_in - 1).to(device)
+
+
+def _resize_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of (B, [C,] H, W) as ``scipy.ndimage.zoom(order=0)`` does it
+    (not ``F.interpolate(mode="nearest")``, which samples other pixels)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    iy = zoom_index(x.shape[-2], size[0], x.device)
+    ix = zoom_index(x.shape[-1], size[1], x.device)
+    return x.index_select(-2, iy).index_select(-1, ix)
+
+
 @torch.no_grad()
 def predict_volume(predictor: nn.Module | Callable[[torch.Tensor], torch.Tensor], image: np.ndarray, image_size: int, device,
-                   batch_size: int = 16) -> np.ndarray:
+                   batch_size: int = 16, resample: str = "bilinear") -> np.ndarray:
     """Segment a (Z, Y, X) normalised volume slice by slice; returns (Z, Y, X) uint8 class indices.
 
-    Each slice is resized to ``image_size`` x ``image_size`` (bilinear), the network runs in eval
-    mode (its previous mode is restored afterwards), softmax probabilities are resized back to
-    (Y, X) (bilinear) and the argmax is taken there.
+    Each slice is resized to ``image_size`` x ``image_size`` and the network runs in eval mode
+    (its previous mode is restored afterwards). ``resample="bilinear"``: bilinear image resize,
+    softmax probabilities resized back to (Y, X) bilinearly, argmax there. ``"nearest"``: the
+    upstream form, nearest (scipy ``zoom(order=0)``) image resize, argmax at the training size,
+    the class map resized back with nearest.
     """
+    if resample not in RESAMPLE:
+        raise ValueError(f"eval_resample={resample!r}; choose one of {', '.join(RESAMPLE)}")
     image = np.asarray(image)
     if image.ndim != 3:
         raise ValueError(f"predict_volume needs a (Z, Y, X) volume, got shape {image.shape}")
@@ -75,14 +108,18 @@ def predict_volume(predictor: nn.Module | Callable[[torch.Tensor], torch.Tensor]
         chunks = []  # class indices stay on the device until the whole volume is done
         for start in range(0, depth, batch_size):
             x = volume[start:start + batch_size, None]
-            logits = predictor(_resize(x, (image_size, image_size)))
+            size_in = (image_size, image_size)
+            logits = predictor(_resize(x, size_in) if resample == "bilinear" else _resize_nearest(x, size_in))
             if logits.ndim != 4 or logits.shape[0] != x.shape[0]:
                 raise ValueError(f"the predictor must map (B, 1, H, W) to (B, C, H, W) logits; "
                                  f"got {tuple(logits.shape)} for input {tuple(x.shape)}")
             if logits.shape[1] > 256:
                 raise ValueError(f"{logits.shape[1]} classes do not fit the uint8 label volume")
-            probs = _resize(logits.float().softmax(dim=1), (height, width))
-            chunks.append(probs.argmax(dim=1).to(torch.uint8))
+            if resample == "bilinear":
+                labels = _resize(logits.float().softmax(dim=1), (height, width)).argmax(dim=1)
+            else:
+                labels = _resize_nearest(logits.argmax(dim=1), (height, width))
+            chunks.append(labels.to(torch.uint8))
         if not chunks:
             return np.zeros((depth, height, width), dtype=np.uint8)
         return torch.cat(chunks).cpu().numpy()
@@ -92,9 +129,12 @@ def predict_volume(predictor: nn.Module | Callable[[torch.Tensor], torch.Tensor]
 
 
 def evaluate_cases(predictor: nn.Module, dataset, case_ids: Sequence[str], image_size: int, device,
-                   progress: bool = True, batch_size: int = 16, workers: int = 1) -> EvalResult:
+                   progress: bool = True, batch_size: int = 16, workers: int = 1,
+                   resample: str = "bilinear", empty_asd: str = "diagonal") -> EvalResult:
     """Predict and score every case of ``case_ids`` (``dataset.load_case(id)`` gives a ``Case``),
-    ``batch_size`` slices per forward pass, metrics in ``workers`` processes (see the module doc)."""
+    ``batch_size`` slices per forward pass, ``resample`` as ``predict_volume``, ``empty_asd`` as
+    ``metrics.case_metrics`` (recorded in the summary), metrics in ``workers`` processes (see the
+    module doc)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     class_names = list(dataset.class_names)
@@ -107,11 +147,12 @@ def evaluate_cases(predictor: nn.Module, dataset, case_ids: Sequence[str], image
         for case_id in case_ids:
             bar.update(task, case=case_id)
             case = dataset.load_case(case_id)
-            pred = predict_volume(predictor, case.image, image_size, device, batch_size=batch_size)
+            pred = predict_volume(predictor, case.image, image_size, device, batch_size=batch_size,
+                                  resample=resample)
             if pred.shape != case.label.shape:
                 raise ValueError(f"case {case_id}: image {case.image.shape} and label {case.label.shape} "
                                  "differ in shape; fix the dataset's load_case")
-            args = (pred, np.asarray(case.label), class_names, case.spacing)
+            args = (pred, np.asarray(case.label), class_names, case.spacing, empty_asd)
             pending.append(pool.submit(case_metrics, *args) if pool is not None else case_metrics(*args))
             bar.advance(task)
     try:
@@ -120,7 +161,9 @@ def evaluate_cases(predictor: nn.Module, dataset, case_ids: Sequence[str], image
         _POOLS.pop(workers, None)  # a worker died (killed, out of memory): the next call starts afresh
         raise
     records = [{"case_id": case_id, **rec} for case_id, rec in zip(case_ids, scored)]
-    return EvalResult(records=records, summary=aggregate(records, class_names), class_names=class_names)
+    summary = aggregate(records, class_names)
+    summary["empty_asd"] = empty_asd
+    return EvalResult(records=records, summary=summary, class_names=class_names)
 
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
@@ -163,7 +206,7 @@ def write_eval(result: EvalResult, out_dir: Path | str, prefix: str) -> tuple[Pa
     """
     out_dir = Path(out_dir)
     summary = result.summary
-    doc = {"policy": POLICY, "n_cases": summary["n_cases"], "per_case": result.records,
+    doc = {"policy": {**POLICY, "empty_asd": summary.get("empty_asd", "diagonal")}, "n_cases": summary["n_cases"], "per_case": result.records,
            "classes": summary["classes"], "mean": summary["mean"]}
     json_path = out_dir / f"{prefix}_summary.json"
     atomic_write_text(json_path, json.dumps(_json_safe(doc), indent=2, allow_nan=False) + "\n")

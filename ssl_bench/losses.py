@@ -5,29 +5,58 @@ import torch
 import torch.nn.functional as F
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5,
-              include_background: bool = True) -> torch.Tensor:
-    """Soft Dice loss averaged over classes: 1 - mean_c (2 sum p_c y_c + eps) / (sum p_c + sum y_c + eps).
+DICE_FORMS = ("linear", "squared")
 
-    ``logits`` (B, C, H, W); ``target`` (B, H, W) integer labels or (B, C, H, W) soft targets.
+
+def soft_dice(probs: torch.Tensor, onehot: torch.Tensor, form: str = "linear", eps: float = 1e-5,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-class soft Dice over the batch and every spatial dim, shape (C,).
+
+    ``form="linear"``: (2 sum p y + eps) / (sum p + sum y + eps) (ssl-bench's original form);
+    ``form="squared"``: (2 sum p y + eps) / (sum p^2 + sum y^2 + eps), the form of SSL4MIS
+    ``code/utils/losses.py`` ``DiceLoss._dice_loss`` (also BCP's and ACTION's losses). ``weight``
+    (broadcastable to ``probs``) multiplies every summand once (BCP's region-masked Dice).
+    """
+    if form not in DICE_FORMS:
+        raise ValueError(f"dice_form={form!r}; choose one of {', '.join(DICE_FORMS)}")
+    w = torch.ones_like(probs) if weight is None else weight.expand_as(probs)
+    dims = (0,) + tuple(range(2, probs.dim()))
+    inter = (probs * onehot * w).sum(dims)
+    if form == "squared":
+        denom = (probs * probs * w).sum(dims) + (onehot * onehot * w).sum(dims)
+    else:
+        denom = (probs * w).sum(dims) + (onehot * w).sum(dims)
+    return (2 * inter + eps) / (denom + eps)
+
+
+def one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, *S) integer labels -> (B, C, *S) float one-hot."""
+    return F.one_hot(target.long(), num_classes).movedim(-1, 1).float()
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5,
+              include_background: bool = True, form: str = "linear") -> torch.Tensor:
+    """Soft Dice loss averaged over classes: 1 - mean_c dice_c (``soft_dice``, ``form`` linear
+    or squared, the train key ``dice_form``).
+
+    ``logits`` (B, C, *S); ``target`` (B, *S) integer labels or (B, C, *S) soft targets.
     """
     probs = logits.float().softmax(dim=1)
     if target.dim() == probs.dim() - 1:
-        onehot = F.one_hot(target.long(), probs.shape[1]).movedim(-1, 1).float()
+        onehot = one_hot(target, probs.shape[1])
     else:
         onehot = target.float()
-    dims = (0, 2, 3)
-    inter = (probs * onehot).sum(dims)
-    denom = probs.sum(dims) + onehot.sum(dims)
-    dice = (2 * inter + eps) / (denom + eps)
+    dice = soft_dice(probs, onehot, form, eps)
     if not include_background:
         dice = dice[1:]
     return 1.0 - dice.mean()
 
 
-def supervised_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """0.5 * (cross-entropy + Dice), the supervised loss of the field's tables."""
-    return 0.5 * (F.cross_entropy(logits.float(), target.long()) + dice_loss(logits, target))
+def supervised_loss(logits: torch.Tensor, target: torch.Tensor, dice_form: str = "linear") -> torch.Tensor:
+    """0.5 * (cross-entropy + Dice), the supervised loss of the field's tables. Methods call it
+    through ``Method.supervised_loss``, which passes the run's ``dice_form``."""
+    return 0.5 * (F.cross_entropy(logits.float(), target.long())
+                  + dice_loss(logits, target, form=dice_form))
 
 
 def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,13 @@ benchmark must not). A case where the class is absent and correctly not predicte
 information on that class: it is left out rather than scored as a perfect 1 / 0 (which would
 inflate the mean); its count is reported as ``both_empty``.
 
+``empty_asd`` (the train key of the same name) switches the distances of ``pred_empty`` only:
+``diagonal`` (the default, above) or ``zero``, the upstream test scripts' policy (ACTION
+``code/test_2D.py`` ``calculate_metric_percase`` and BCP ``code/test_ACDC.py``: an empty
+prediction scores Dice 0 and ASD 0; protocol ``field`` v2 sets it so its ASD is comparable with
+the published ASD). ``label_empty`` keeps the diagonal under both (upstream has no value there:
+medpy raises on an empty label).
+
 Aggregation (``aggregate``): for each foreground class, each metric's mean and std (population
 std, ddof=0) over the cases where it is defined (every rule but ``both_empty``), with ``n`` the
 number of those cases and the count of cases per rule. ``mean`` is the mean over foreground classes
@@ -73,6 +80,11 @@ POLICY = {
     "std": "population std (ddof=0) over the aggregated cases",
     "mean": "mean over foreground classes (n > 0) of the per-class means",
 }
+
+#: what a ``pred_empty`` class scores on asd/assd/hd95 (``case_metrics(empty_asd=...)``)
+EMPTY_ASD = ("diagonal", "zero")
+EMPTY_ASD_MEANING = {"diagonal": "the volume diagonal (ssl-bench's policy)",
+                     "zero": "0, as the ACTION and BCP test scripts score it"}
 
 #: the metrics of a case/class record, in table order
 METRICS = ("dice", "asd_vox", "hd95_vox", "asd_mm", "hd95_mm", "assd_vox", "assd_mm")
@@ -180,14 +192,17 @@ def _check_inputs(pred: np.ndarray, label: np.ndarray, class_names: Sequence[str
 
 
 def case_metrics(pred: np.ndarray, label: np.ndarray, class_names: Sequence[str],
-                 spacing: Sequence[float]) -> dict:
-    """Metrics of one case for every foreground class (``class_names[1:]``).
+                 spacing: Sequence[float], empty_asd: str = "diagonal") -> dict:
+    """Metrics of one case for every foreground class (``class_names[1:]``); ``empty_asd``: the
+    distances of an empty prediction (``EMPTY_ASD``, module doc).
 
     ``pred`` and ``label``: (Z, Y, X) integer class indices on the same grid; ``spacing`` (z, y, x)
     in mm. Returns ``{"shape": [...], "spacing": [...], "classes": {name: {"rule": ...,
     "pred_voxels": int, "label_voxels": int, <METRICS>: float}}}`` (float64 values, NaN where the
     policy leaves a metric undefined).
     """
+    if empty_asd not in EMPTY_ASD:
+        raise ValueError(f"empty_asd={empty_asd!r}; choose one of {', '.join(EMPTY_ASD)}")
     pred, label = np.asarray(pred), np.asarray(label)
     spacing_mm = _check_inputs(pred, label, class_names, spacing)
     units = {"vox": (1.0, 1.0, 1.0), "mm": spacing_mm}
@@ -203,6 +218,8 @@ def case_metrics(pred: np.ndarray, label: np.ndarray, class_names: Sequence[str]
             per_unit = surface_distance_metrics(p, lab, units)
         elif row["rule"] == RULE_BOTH_EMPTY:
             per_unit = {unit: dict.fromkeys(_DISTANCES, math.nan) for unit in units}
+        elif row["rule"] == RULE_PRED_EMPTY and empty_asd == "zero":
+            per_unit = {unit: dict.fromkeys(_DISTANCES, 0.0) for unit in units}
         else:
             per_unit = {unit: dict.fromkeys(_DISTANCES, volume_diagonal(pred.shape, sp))
                         for unit, sp in units.items()}

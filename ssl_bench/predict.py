@@ -20,8 +20,8 @@ from ssl_bench.datasets.base import DataError
 
 
 def load_predictor(run_dir: Path, checkpoint: str, num_classes: int, device: str = "cpu"):
-    """The run's predictor network with the weights of ``checkpoint`` (best or last), and its
-    inference size."""
+    """The run's predictor network with the weights of ``checkpoint`` (best or last), its
+    inference size and its test resampling (``eval_resample``)."""
     from ssl_bench.augment import Augmenter
     from ssl_bench.config import from_dict
     from ssl_bench.methods.base import MethodContext
@@ -45,11 +45,13 @@ def load_predictor(run_dir: Path, checkpoint: str, num_classes: int, device: str
     predictor = method_cls(method_cfg, ctx).predictor()
     state = torch.load(weights, map_location=device, weights_only=False)
     predictor.load_state_dict(state["predictor"])
-    return predictor.to(device).eval(), int(config["image_size"])
+    return predictor.to(device).eval(), int(config["image_size"]), train.eval_resample
 
 
-def predict_slice(predictor, image_size: int, volume: np.ndarray, z: int, device: str = "cpu") -> np.ndarray:
-    """The predicted class map of slice ``z`` of a (Z, Y, X) volume, as the test scored it."""
+def predict_slice(predictor, image_size: int, volume: np.ndarray, z: int, device: str = "cpu",
+                  resample: str = "bilinear") -> np.ndarray:
+    """The predicted class map of slice ``z`` of a (Z, Y, X) volume, as the test scored it (give
+    the run's ``eval_resample``, the third value of ``load_predictor``)."""
     from ssl_bench.evaluate import predict_volume
 
-    return predict_volume(predictor, volume[z:z + 1], image_size, device)[0]
+    return predict_volume(predictor, volume[z:z + 1], image_size, device, resample=resample)[0]

@@ -19,7 +19,13 @@ or the preset): under ``field`` ACTION trains 30k iterations *per stage* (3 x th
 
 Changing what a protocol sets changes its results: bump its ``version`` (a test pins a
 fingerprint of every protocol's content to its version). The version is part of the run-dir
-path and an MLflow tag, so runs of different versions never mix in a table.
+path and an MLflow tag, so runs of different versions never mix in a table. Older versions stay
+selectable as ``name-vN`` (``--protocol field-v1``); the bare name means the newest version.
+
+``field`` v2 (issue 16) closes every knob v1 left at the harness's defaults with a train key that
+has a meaning of its own (the engine never sees the protocol): ``augment.mode=ssl4mis`` (SSL4MIS's
+RandomGenerator; ACTION released: ``augment.mode=none`` and its release's strong view),
+``dice_form=squared``, ``eval_resample=nearest``, ``empty_asd=zero`` and CPS's default init.
 
 The ``field`` recipe's sources (see README "Protocols"): SSL4MIS (HiLab-git/SSL4MIS,
 ``code/train_*_2D.py``: consistency 0.1 * sigmoid_rampup(iter // 150, 200) over 30k iterations,
@@ -115,7 +121,7 @@ EQUAL = Protocol(
     train={**PAPER_SCALE, "draw_unlabeled": "true"},
 )
 
-FIELD = Protocol(
+FIELD_V1 = Protocol(
     name="field", version=1,
     summary="the recipe behind the published rows: SSL4MIS baselines, ACTION and BCP as their authors ran them",
     budget_rule="30k iterations at 12 + 12 slices for the SSL4MIS baselines (ramp 0.1 * sigmoid(iter // 150, "
@@ -137,7 +143,8 @@ FIELD = Protocol(
         "urpc": _ssl4mis(variant="ssl4mis"),
         "dct": _ssl4mis(variant="rotation"),
         "ict": _ssl4mis(variant="ssl4mis"),
-        "cps": _ssl4mis(variant="ssl4mis"),
+        # the Kaiming/Xavier init v1 ran (named ssl4mis until issue 16 gave ssl4mis the default init)
+        "cps": _ssl4mis(variant="ssl4mis-2021"),
         "action": Recipe({"method.variant": "released", "labeled_bs": "4", "unlabeled_bs": "4"}, budget_scale=3.0, checkpoint="last",
                          source="ACTION release (charlesyou999648/ACTION code/train_2D.sh): 30k iterations per "
                                 "stage, stage iii at 4 + 4 slices (stages i/ii ran 3 + 3), no validation: the "
@@ -150,17 +157,70 @@ FIELD = Protocol(
     published=True,
 )
 
-PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (FIELD, PAPER, EQUAL)}
+#: what v2 sets for every method on top of its v1 recipe (README "Protocols", issue 16)
+FIELD_V2_COMMON = {
+    "augment.mode": "ssl4mis",  # SSL4MIS RandomGenerator @08c8c8b (BCP's loader is the same form)
+    "dice_form": "squared",  # SSL4MIS/BCP/ACTION utils/losses.py: Σp² + Σy²
+    "eval_resample": "nearest",  # test_2D_fully.py / ACTION test_2D.py / BCP test_ACDC.py: zoom(order=0)
+    "empty_asd": "zero",  # ACTION test_2D.py and BCP test_ACDC.py score an empty prediction ASD 0
+}
+
+
+def _v2(recipe: Recipe, **extra: str) -> Recipe:
+    return Recipe({**recipe.overrides, **FIELD_V2_COMMON, **extra}, budget_scale=recipe.budget_scale,
+                  checkpoint=recipe.checkpoint, source=recipe.source)
+
+
+FIELD = Protocol(
+    name="field", version=2,
+    summary="the recipe behind the published rows, v1 plus every knob v1 left at ssl-bench's defaults set "
+            "as upstream: SSL4MIS augmentation (ACTION released: none), squared soft Dice, nearest test "
+            "resampling, ASD 0 for an empty prediction, CPS default init",
+    budget_rule=FIELD_V1.budget_rule,
+    train=FIELD_V1.train,
+    default=_v2(FIELD_V1.default),
+    methods={
+        **{m: _v2(r) for m, r in FIELD_V1.methods.items()},
+        # the release: no rot/flip (commented out), stage-iii student = CutMix then jitter + blur
+        # and Nesterov SGD (code/train_2D_action.py)
+        "action": _v2(FIELD_V1.methods["action"], **{"augment.mode": "none", "method.strong_view": "released",
+                                                     "nesterov": "true"}),
+        "cps": _v2(_ssl4mis(variant="ssl4mis")),  # default init: SSL4MIS since 9a74d15 (2021-12-16)
+    },
+    published=True,
+)
+
+#: every version of every protocol, by name then version
+VERSIONS: dict[str, dict[int, Protocol]] = {}
+for _p in (FIELD_V1, FIELD, PAPER, EQUAL):
+    VERSIONS.setdefault(_p.name, {})[_p.version] = _p
+#: the newest version of each protocol (what the bare name selects)
+PROTOCOLS: dict[str, Protocol] = {n: v[max(v)] for n, v in VERSIONS.items()}
 DEFAULT = "paper"
 
 
+def _choices() -> str:
+    older = [p.tag for n, v in VERSIONS.items() for p in v.values() if p is not PROTOCOLS[n]]
+    return ", ".join([*PROTOCOLS, *older])
+
+
 def get_protocol(name: str) -> Protocol:
-    try:
+    """``name`` (the newest version) or ``name-vN`` (that version)."""
+    if name in PROTOCOLS:
         return PROTOCOLS[name]
-    except KeyError:
-        raise ConfigError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)} "
-                          f"(`ssl-bench protocols` lists what each sets)") from None
+    base, sep, version = name.rpartition("-v")
+    if sep and version.isdigit() and int(version) in VERSIONS.get(base, {}):
+        return VERSIONS[base][int(version)]
+    raise ConfigError(f"unknown protocol {name!r}; choose one of {_choices()} "
+                      f"(`ssl-bench protocols` lists what each sets)")
+
+
+def protocol_by_tag(tag: str) -> Protocol | None:
+    """The protocol of a run's ``name-vN`` tag, that exact version; None if this ssl-bench lacks it."""
+    base, _, version = tag.rpartition("-v")
+    return VERSIONS.get(base, {}).get(int(version)) if version.isdigit() else None
 
 
 def list_protocols() -> list[Protocol]:
-    return list(PROTOCOLS.values())
+    """Every version of every protocol, newest first within a name."""
+    return [p for v in VERSIONS.values() for _, p in sorted(v.items(), reverse=True)]

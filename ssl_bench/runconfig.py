@@ -44,6 +44,7 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    nesterov: bool = False  # Nesterov momentum in the main SGD (ACTION's release; field v2 for action)
     poly_power: float = 0.9
     image_size: int = 0  # 0 = the dataset's default (256 for real data)
     backbone: str = "unet"
@@ -63,6 +64,15 @@ class TrainConfig:
     # supervised-only methods fill the whole batch (labeled_bs + unlabeled_bs) with labeled
     # slices, as SSL4MIS's fully supervised script does (protocol `field`)
     supervised_whole_batch: bool = False
+    # soft-Dice denominator of every supervised loss: linear (sum p + sum y, ssl-bench's original)
+    # or squared (sum p^2 + sum y^2, SSL4MIS/BCP/ACTION code; protocol field v2)
+    dice_form: Literal["linear", "squared"] = "linear"
+    # test/validation resampling (ssl_bench.evaluate.predict_volume): bilinear image and
+    # probabilities (ssl-bench's original) or nearest image and argmax (upstream; field v2)
+    eval_resample: Literal["bilinear", "nearest"] = "bilinear"
+    # asd/assd/hd95 of a class the prediction misses entirely (ssl_bench.metrics): the volume
+    # diagonal (ssl-bench) or 0 (the ACTION and BCP test scripts; field v2)
+    empty_asd: Literal["diagonal", "zero"] = "diagonal"
     report_checkpoint: str = "best"  # the test checkpoint tables report for this run: best | last
     # -- speed (issue 11; ssl_bench/step.py, ssl_bench/sampling.py, ssl_bench/evaluate.py) --
     lean: bool = True  # read losses back on the log cadence only; false: every step (reference)
@@ -75,6 +85,8 @@ class TrainConfig:
     rampup: RampConfig = field(default_factory=RampConfig)
 
     def __post_init__(self):
+        if self.nesterov and self.momentum <= 0:
+            raise ConfigError("nesterov=true needs momentum > 0; set momentum or nesterov=false")
         if self.report_checkpoint not in ("best", "last"):
             raise ConfigError(f"report_checkpoint={self.report_checkpoint!r}; use best or last")
         if not self.budget_scale > 0:
@@ -149,7 +161,8 @@ def resolved_dict(spec: RunSpec, train_cfg: TrainConfig, method_cfg) -> dict[str
     d["setting"] = spec.setting
     from ssl_bench.protocols import get_protocol
 
-    d["protocol_version"] = get_protocol(spec.protocol).version
+    protocol = get_protocol(spec.protocol)  # "field" and "field-v2" are the same run
+    d["protocol"], d["protocol_version"] = protocol.name, protocol.version
     d["train"] = to_dict(train_cfg)
     d["method_config"] = to_dict(method_cfg) if dataclasses.is_dataclass(method_cfg) else {}
     return d

@@ -8,22 +8,25 @@ from typer.testing import CliRunner
 from ssl_bench import engine
 from ssl_bench.cli import app
 from ssl_bench.config import ConfigError
-from ssl_bench.protocols import PROTOCOLS, get_protocol
+from ssl_bench.protocols import PROTOCOLS, VERSIONS, get_protocol, list_protocols
 from ssl_bench.registry import get_method_class, list_methods
 from ssl_bench.runconfig import RunSpec, resolve
 
-#: a protocol's content is pinned to its version: change a recipe -> bump the version and this line
-FINGERPRINTS = {("field", 1): "2121102efe05", ("paper", 1): "611571f03c72", ("equal", 1): "32c9a5f7735f"}
+#: a protocol's content is pinned to its version: change a recipe -> bump the version and this line.
+#: field v1 changed its text once without changing its meaning: CPS's Kaiming/Xavier init, which
+#: v1 always ran, was renamed from variant ssl4mis to ssl4mis-2021 (issue 16; was 2121102efe05)
+FINGERPRINTS = {("field", 1): "cb54ff805a81", ("field", 2): "f3ecdb80c99f", ("paper", 1): "611571f03c72",
+                ("equal", 1): "32c9a5f7735f"}
 
 FAST = {"iterations": "4", "labeled_bs": "2", "unlabeled_bs": "2", "val_every": "2",
         "checkpoint_every": "2", "log_every": "1", "eval_batch_size": "4"}
 
 
 def test_every_protocol_content_is_pinned_to_its_version():
-    assert {(p.name, p.version): p.fingerprint() for p in PROTOCOLS.values()} == FINGERPRINTS
+    assert {(p.name, p.version): p.fingerprint() for p in list_protocols()} == FINGERPRINTS
 
 
-@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+@pytest.mark.parametrize("name", sorted([*PROTOCOLS, *(f"{n}-v{k}" for n, v in VERSIONS.items() for k in v)]))
 def test_every_protocol_resolves_for_every_method(name):
     """No recipe names a key its method does not have (unknown keys are errors)."""
     for m in list_methods():
@@ -71,7 +74,7 @@ def _prepare(tmp_path, method, protocol, seed=0, **extra):
 
 
 def test_run_dir_tags_and_run_name_carry_the_protocol(tmp_path):
-    run = _prepare(tmp_path, "unet-l", "field")
+    run = _prepare(tmp_path, "unet-l", "field-v1")
     assert run.run_dir.relative_to(tmp_path / "results").parts[:4] == ("tiny-test", "2lab", "field-v1", "unet-l")
     res = engine.fit(run, progress=False)
     tags = json.loads((res.run_dir / "tags.json").read_text())
@@ -80,8 +83,12 @@ def test_run_dir_tags_and_run_name_carry_the_protocol(tmp_path):
     config = json.loads((res.run_dir / "config.json").read_text())
     assert config["protocol"] == "field" and config["protocol_version"] == 1
     assert config["train"]["supervised_whole_batch"] is True
-    # the same run under another protocol lives elsewhere
+    assert config["train"]["dice_form"] == "linear"  # v1 leaves the v2 switches at their defaults
+    # the same run under another protocol lives elsewhere; "field" is the newest version
     assert _prepare(tmp_path, "unet-l", "paper").run_dir != run.run_dir
+    v2 = _prepare(tmp_path, "unet-l", "field")
+    assert v2.run_dir.relative_to(tmp_path / "results").parts[2] == "field-v2"
+    assert _prepare(tmp_path, "unet-l", "field-v2").run_dir == v2.run_dir
 
 
 ORIGINAL_MAKE_BATCH = engine.make_batch
@@ -155,6 +162,9 @@ def test_cli_protocols_lists_and_explains():
     res = runner.invoke(app, ["protocols", "field", "--method", "action", "--method", "cps"], env={"COLUMNS": "250"})
     assert res.exit_code == 0, res.output
     assert "x3" in res.output and "method.variant=ssl4mis" in res.output
+    assert "field-v2" in res.output and "augment.mode=none" in res.output and "dice_form=squared" in res.output
+    res = runner.invoke(app, ["protocols", "field-v1", "--method", "cps"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0 and "field-v1" in res.output and "ssl4mis-2021" in res.output
     res = runner.invoke(app, ["protocols", "nope"])
     assert res.exit_code == 2 and "unknown protocol 'nope'" in res.output
 

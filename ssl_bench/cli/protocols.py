@@ -14,7 +14,7 @@ def protocols(
     method: list[str] = typer.Option([], "--method", "-m", help="only these methods (repeatable)"),
 ) -> None:
     """List the protocols, or print per method what one of them sets."""
-    from ssl_bench.protocols import get_protocol, list_protocols
+    from ssl_bench.protocols import PROTOCOLS, get_protocol, list_protocols
     from ssl_bench.registry import get_method_class, list_methods
 
     if name is None:
@@ -22,7 +22,8 @@ def protocols(
         for c in ("name", "version", "what it is", "budget rule", "published rows"):
             t.add_column(c, overflow="fold")
         for p in list_protocols():
-            t.add_row(p.name, str(p.version), p.summary, p.budget_rule, "beside it" if p.published else "-")
+            # the bare name selects the newest version; older ones are name-vN
+            t.add_row(p.name if p is PROTOCOLS[p.name] else p.tag, str(p.version), p.summary, p.budget_rule, "beside it" if p.published else "-")
         console.print(t)
         return
     try:

@@ -103,8 +103,9 @@ def qualitative(runs: pd.DataFrame, data_root: Path, out_dir: Path, checkpoint: 
         overlay(axes[r][1], image, truth, ds.num_classes)
         axes[r][0].set_ylabel(f"{why}: {case_id}\nslice {z}, DSC {100 * means[case_id]:.1f}", fontsize=8)
         for k, m in enumerate(methods):
-            predictor, size = predictors[m]
-            overlay(axes[r][2 + k], image, predict_slice(predictor, size, case.image, z), ds.num_classes)
+            predictor, size, resample = predictors[m]
+            overlay(axes[r][2 + k], image, predict_slice(predictor, size, case.image, z, resample=resample),
+                    ds.num_classes)
     for k, title in enumerate(["Image", "Ground truth", *[display_name(m) for m in methods]]):
         axes[0][k].set_title(title, fontsize=9)
     legend = [Patch(facecolor=class_color(c), edgecolor="none", label=ds.class_names[c]) for c in range(1, ds.num_classes)]

@@ -5,7 +5,8 @@ import pandas as pd
 
 from .cases import CaseData, load_cases
 from .main import cell_record, interval_fields, method_checkpoints
-from .model import Block, Stat, Table, as_run_line, footnote, measured_cell, protocol_line, published_cell
+from .model import (Block, Stat, Table, as_run_line, empty_asd_line, footnote, measured_cell, protocol_line,
+                    published_cell)
 from .runs import (ABLATION_METHOD, ABLATIONS, AUGMENTS, DEFAULT_AUGMENT, PAPER, REPORTED, base_method,
                    column_values, display_name, read_reference, reference_name, setting_order)
 from .significance import ci_of, mark_grid, statistics_lines
@@ -16,7 +17,7 @@ def ablation_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, ci: bool = F
     """Tables 3 and 4 for every (dataset, setting, protocol) with runs of method ``action``.
     The paper's figures fill the Published column only beside runs of the protocol that
     produced them (``field``). Bold and ``ci`` as in ``main_tables``."""
-    from ssl_bench.protocols import PROTOCOLS
+    from ssl_bench.protocols import protocol_by_tag
 
     runs = runs[runs["method"].map(base_method) == ABLATION_METHOD] if len(runs) else runs
     ref = read_reference("action_paper_ablations.csv")
@@ -30,7 +31,7 @@ def ablation_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, ci: bool = F
                 or setting != "3 labeled"):
             note.append(f"The published ablations are on real ACDC with 3 labeled patients; "
                         f"this table is {where}.")
-        proto = PROTOCOLS.get(ptag.rpartition("-v")[0])
+        proto = protocol_by_tag(ptag)
         use_ref = ref if proto is not None and proto.published else ref.iloc[0:0]
         if not len(use_ref):
             note.append(f"Published column left empty: the paper's figures come from the authors' released "
@@ -43,6 +44,7 @@ def ablation_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, ci: bool = F
             t.protocol = ptag
             t.title = t.title.replace(f", {setting} (", f", {setting}, protocol {ptag}{variant} (")
             t.footnote[0] = protocol_line(ptag)
+            t.footnote.append(empty_asd_line(d))
             if (as_run := as_run_line(d)) is not None:
                 t.footnote.insert(1, as_run)
             tables.append(t)

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from .cases import CaseData, load_cases
-from .model import Block, Stat, Table, as_run_line, footnote, measured_cell, published_cell
+from .model import Block, Stat, Table, as_run_line, empty_asd_line, footnote, measured_cell, published_cell
 from .runs import (PAPER, PUBLISHED_LABEL, REPORTED, class_order, column_values, display_name, is_main_variant,
                    method_order, read_reference, reference_name, setting_order)
 from .significance import ci_of, mark_grid, statistics_lines
@@ -21,7 +21,7 @@ def main_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, with_published: 
     (``Protocol.published``); otherwise ``warn`` (a callable) is told why they are left out.
     Bold marks and ``ci`` intervals come from the runs' per-case results (``cases``; run dirs
     that moved are looked up under ``results_root``)."""
-    from ssl_bench.protocols import PROTOCOLS
+    from ssl_bench.protocols import protocol_by_tag
 
     runs = runs[runs.apply(is_main_variant, axis=1)] if len(runs) else runs
     tables = []
@@ -38,7 +38,7 @@ def main_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, with_published: 
         stats_lines = _measured_block(table, d, cols, per_method, dataset, cases, ci)
         extra = []
         if with_published:
-            proto = PROTOCOLS.get(ptag.rpartition("-v")[0])
+            proto = protocol_by_tag(ptag)
             if proto is not None and proto.published:
                 extra = _published_block(table, dataset, cols, methods)
             else:
@@ -47,7 +47,8 @@ def main_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, with_published: 
                 table.notes.append(why[0].upper() + why[1:] + ".")
                 if warn is not None:
                     warn(f"{dataset}: {why}")
-        table.footnote = footnote(checkpoint, extra, ptag, per_method, stats_lines, as_run_line(d))
+        table.footnote = footnote(checkpoint, [empty_asd_line(d), *extra], ptag, per_method, stats_lines,
+                                  as_run_line(d))
         tables.append(table)
     return tables
 

@@ -77,16 +77,18 @@ class Table:
 
 def protocol_line(protocol_tag: str | None) -> str:
     """The footnote line naming the protocol (name, version) and its budget rule."""
-    from ssl_bench.protocols import PROTOCOLS
+    from ssl_bench.protocols import PROTOCOLS, protocol_by_tag
 
     if not protocol_tag:
         return f"Budget: {BUDGET_RULE}."
-    name, _, version = protocol_tag.rpartition("-v")
-    p = PROTOCOLS.get(name)
-    if p is None:
+    p = protocol_by_tag(protocol_tag)
+    if p is not None:
+        return f"Protocol: {protocol_tag}; budget: {p.budget_rule}."
+    latest = PROTOCOLS.get(protocol_tag.rpartition("-v")[0])
+    if latest is None:
         return f"Protocol: {protocol_tag} (not known to this version of ssl-bench)."
-    stale = "" if str(p.version) == version else f" (this ssl-bench defines version {p.version})"
-    return f"Protocol: {protocol_tag}{stale}; budget: {p.budget_rule}."
+    return (f"Protocol: {protocol_tag} (this ssl-bench defines version {latest.version}); "
+            f"budget: {latest.budget_rule}.")
 
 
 def as_run_line(runs) -> str | None:
@@ -121,6 +123,19 @@ def as_run_line(runs) -> str | None:
     shown = ", ".join(f"{m} {per_method[m]}" for m in sorted(per_method, key=method_order))
     px = f"{sizes.pop()} px" if len(sizes) == 1 else "px: " + "/".join(sorted(sizes, key=int))
     return f"As run (gradient steps x slices per step, {px}): {shown}."
+
+
+def empty_asd_line(runs) -> str:
+    """Which ASD an empty prediction scored in the table's runs (``train.empty_asd``; runs that
+    predate the key scored the volume diagonal)."""
+    from ssl_bench.metrics import EMPTY_ASD_MEANING
+
+    col = "as_run.empty_asd"
+    used = sorted(set(runs[col].fillna("diagonal").astype(str))) if col in runs else ["diagonal"]
+    used = used or ["diagonal"]
+    what = " in some runs, ".join(EMPTY_ASD_MEANING.get(u, u) for u in used)
+    mixed = " (mixed: ASD differs in meaning across these runs)" if len(used) > 1 else ""
+    return f"ASD of a class the prediction misses entirely: {what}{mixed}."
 
 
 def checkpoint_line(checkpoint: str, per_method: Mapping[str, str] | None = None) -> str:

@@ -45,7 +45,7 @@ ABLATION_METHOD = "action"
 #: the training params a table's footnote restates as run (a protocol's budget rule is its paper
 #: scale; runs may be smaller, e.g. the phantoms' CPU preset); columns ``as_run.<key>``
 AS_RUN_PARAMS = ("train.iterations", "train.budget_scale", "train.labeled_bs", "train.unlabeled_bs",
-                 "train.image_size", "train.supervised_whole_batch")
+                 "train.image_size", "train.supervised_whole_batch", "train.empty_asd")
 
 
 class TableError(RuntimeError):
