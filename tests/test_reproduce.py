@@ -15,7 +15,7 @@ def test_table1_dry_run_is_14_methods_x_2_settings_x_3_seeds_under_field(tmp_pat
     res = CliRunner().invoke(app, ["reproduce", "table1", "--dry-run", "--results-root", str(tmp_path / "r")],
                              env=WIDE)
     assert res.exit_code == 0, res.output
-    assert "protocol field-v1 on acdc" in res.output
+    assert "protocol field-v2 on acdc" in res.output
     assert "14 method(s) x 2 setting(s) x 3 seed(s) = 84 runs" in res.output
     # the estimate: 13 baselines x 30k + ACTION 90k per (setting, seed), from measured step times
     assert "2,880,000 iterations in all" in res.output and "device-hours for 84 of 84 runs" in res.output
