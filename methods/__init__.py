@@ -20,3 +20,4 @@ from . import dct  # noqa: F401,E402
 from . import ict  # noqa: F401,E402
 from . import uamt  # noqa: F401,E402
 from . import abd  # noqa: F401,E402
+from . import admt  # noqa: F401,E402
