@@ -21,3 +21,4 @@ from . import ict  # noqa: F401,E402
 from . import uamt  # noqa: F401,E402
 from . import abd  # noqa: F401,E402
 from . import admt  # noqa: F401,E402
+from . import unimatch  # noqa: F401,E402
