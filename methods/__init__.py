@@ -19,3 +19,6 @@ from . import urpc  # noqa: F401,E402
 from . import dct  # noqa: F401,E402
 from . import ict  # noqa: F401,E402
 from . import uamt  # noqa: F401,E402
+from . import abd  # noqa: F401,E402
+from . import admt  # noqa: F401,E402
+from . import unimatch  # noqa: F401,E402

@@ -70,17 +70,27 @@ class BCPConfig:
 def box_mask(height: int, width: int, ratio: float, generator: torch.Generator | None = None,
              device=None) -> torch.Tensor:
     """(H, W) float mask: 1 everywhere but a zero box of int(ratio * side) at a random position."""
-    bh, bw = int(height * ratio), int(width * ratio)
-    top = int(torch.randint(0, height - bh + 1, (1,), generator=generator))
-    left = int(torch.randint(0, width - bw + 1, (1,), generator=generator))
-    mask = torch.ones(height, width, device=device)
-    mask[top:top + bh, left:left + bw] = 0
+    return box_mask_nd((height, width), ratio, generator, device)
+
+
+def box_mask_nd(shape: tuple[int, ...], ratio: float, generator: torch.Generator | None = None,
+                device=None) -> torch.Tensor:
+    """``box_mask`` for any number of spatial dims: a zero box of int(ratio * side) along each dim,
+    its start drawn uniformly per dim (in dim order) where it fits."""
+    mask = torch.ones(*shape, device=device)
+    index = []
+    for side in shape:
+        b = int(side * ratio)
+        start = int(torch.randint(0, side - b + 1, (1,), generator=generator))
+        index.append(slice(start, start + b))
+    mask[tuple(index)] = 0
     return mask
 
 
 def paste(background: torch.Tensor, foreground: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """background where mask = 1, foreground inside the zero box; images (B, C, H, W) or labels (B, H, W)."""
-    m = mask if background.dim() == 3 else mask[None, None]
+    """background where mask = 1, foreground inside the zero box; images (B, C, *S) or labels (B, *S),
+    mask (*S)."""
+    m = mask[None] if background.dim() == mask.dim() + 1 else mask[None, None]
     return background * m + foreground * (1 - m)
 
 
@@ -102,10 +112,11 @@ def masked_supervised_loss(logits: torch.Tensor, target: torch.Tensor, region: t
 
 
 def largest_components(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per slice and foreground class, keep only the largest 8-connected component."""
+    """Per slice (or volume) and foreground class, keep only the largest component (8-connected in 2D,
+    26-connected in 3D: full connectivity)."""
     out = np.zeros(labels.shape, dtype=np.int64)
     lab = labels.detach().cpu().numpy()
-    eight = np.ones((3, 3), dtype=bool)
+    eight = np.ones((3,) * (lab.ndim - 1), dtype=bool)
     for i in range(lab.shape[0]):
         for c in range(1, num_classes):
             comp, n = ndimage.label(lab[i] == c, structure=eight)
@@ -145,8 +156,7 @@ class BCP(Method):
                 Stage("self_train", 1.0 - self.cfg.pretrain_fraction)]
 
     def new_mask(self, like: torch.Tensor) -> torch.Tensor:
-        h, w = like.shape[-2:]
-        return box_mask(h, w, self.cfg.box_ratio, self.ctx.generator, like.device)
+        return box_mask_nd(tuple(like.shape[2:]), self.cfg.box_ratio, self.ctx.generator, like.device)
 
     @torch.no_grad()
     def pseudo_labels(self, x: torch.Tensor) -> torch.Tensor:

@@ -78,3 +78,22 @@ def entropy_map(logits: torch.Tensor, normalise: bool = True) -> torch.Tensor:
     if normalise:
         ent = ent / torch.log(torch.tensor(float(logits.shape[1])))
     return ent
+
+
+def masked_dice_loss(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None = None,
+                     eps: float = 1e-5) -> torch.Tensor:
+    """The Dice loss of SSL4MIS's ``DiceLoss`` with its ``ignore`` map, on any number of spatial dims.
+
+    Per class c: 1 - (2 sum p_c y_c + eps) / (sum p_c^2 + sum y_c^2 + eps), the sums over the batch and
+    the pixels where ``keep`` (B, *spatial; 1 = counted) is set; the mean over all classes (background
+    included). ``logits`` (B, C, *spatial), ``target`` (B, *spatial) integer labels. The squared
+    denominator is SSL4MIS's (and the ABD, AD-MT and UniMatch releases'), unlike ``dice_loss``.
+    """
+    probs = logits.float().softmax(1)
+    onehot = F.one_hot(target.long(), probs.shape[1]).movedim(-1, 1).float()
+    k = torch.ones_like(target, dtype=probs.dtype) if keep is None else keep.to(probs.dtype)
+    k = k.unsqueeze(1)
+    dims = (0, *range(2, probs.dim()))
+    inter = (probs * onehot * k).sum(dims)
+    denom = (probs * probs * k).sum(dims) + (onehot * k).sum(dims)
+    return 1.0 - ((2 * inter + eps) / (denom + eps)).mean()

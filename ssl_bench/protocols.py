@@ -121,6 +121,26 @@ EQUAL = Protocol(
     train={**PAPER_SCALE, "draw_unlabeled": "true"},
 )
 
+# -- field recipes of the methods after ACTION (issue 20): the authors' released ACDC configurations --
+# (a block of its own: merged into field v2 only, so that v1 stays as its runs trained; each source
+# names the file and commit read)
+SOTA_FIELD_RECIPES = {
+    "abd": Recipe({"method.variant": "released", "poly_power": "0"}, budget_scale=4 / 3,
+                  source="ABD release (chy-upc/ABD code/train_ACDC_BCP.py at 4efd525): BCP's 10k pre-training + "
+                         "30k self-training at constant lr 0.01, 12 + 12 slices, ABD-R only, largest connected "
+                         "component, student 1's best-on-validation model tested"),
+    "ad-mt": Recipe({"rampup.quantum": "0.005"},
+                    source="AD-MT release (ZhenZHAO/AD-MT cfgs/config_2d_aut.yml and code/train_post_2d_aut.py "
+                           "at 03ef84c): 30k iterations at 12 + 12, poly lr, weight 2.0 * sigmoid_rampup(iter // "
+                           "150, 50), confidence 0.95, random periods up to 50; the best-on-validation student "
+                           "tested (test_2d.sh --flag_check_with_best_stu)"),
+    "unimatch": Recipe({"method.variant": "medical", "unlabeled_bs": "24"},
+                       source="UniMatch medical release (LiheYoung/UniMatch more-scenarios/medical/unimatch.py and "
+                              "configs/acdc.yaml at 0324f3d): 300 epochs of the unlabeled set (about 30k "
+                              "iterations) at 12 labeled + 12 unlabeled + 12 unlabeled to mix from, poly lr 0.01, "
+                              "Dice above confidence 0.95, best epoch on the validation list (no test script)"),
+}
+
 FIELD_V1 = Protocol(
     name="field", version=1,
     summary="the recipe behind the published rows: SSL4MIS baselines, ACTION and BCP as their authors ran them",
@@ -186,6 +206,7 @@ FIELD = Protocol(
         "action": _v2(FIELD_V1.methods["action"], **{"augment.mode": "none", "method.strong_view": "released",
                                                      "nesterov": "true"}),
         "cps": _v2(_ssl4mis(variant="ssl4mis")),  # default init: SSL4MIS since 9a74d15 (2021-12-16)
+        **{m: _v2(r) for m, r in SOTA_FIELD_RECIPES.items()},
     },
     published=True,
 )

@@ -1,4 +1,5 @@
-"""``ssl-bench reproduce tableN``: the exact grid behind each table of the ACTION paper.
+"""``ssl-bench reproduce tableN|sota``: the exact grid behind each table of the ACTION paper, and
+``sota``: the methods that now hold the ACDC records (ABD, AD-MT, UniMatch) beside BCP and ACTION.
 
 You et al., IPMI 2023: Table 1 is the 14 methods on ACDC with 3 and 7 labeled patients, Table 2
 the same methods on LiTS with 5 % and 10 % labeled volumes, Table 3 ACTION's ablations and
@@ -26,6 +27,9 @@ from ssl_bench.sweep import Job
 #: the methods of Tables 1 and 2, in the paper's order
 PAPER_METHODS = ["unet-f", "unet-l", "em", "cct", "dan", "urpc", "dct", "ict", "mt", "uamt", "cps",
                  "gcl", "scs", "action"]
+#: ``reproduce sota`` (issue 20): the methods that now hold the ACDC records beside BCP and ACTION,
+#: each under its released recipe (protocol field). MC-Net+ and SS-Net are not implemented yet.
+SOTA_METHODS = ["bcp", "action", "abd", "ad-mt", "unimatch"]
 #: Table 3's rows (``method.ablation``); ``no-pseudo-ce`` is the other reading of "w/o L_unsup"
 ABLATIONS = ["none", "vanilla", "no-rsi", "no-stage2", "no-rsi-no-stage2", "no-stage3", "no-anco",
              "no-unsup", "no-pseudo-ce"]
@@ -77,6 +81,8 @@ GRIDS = {
                    (("--labeled", "3"),), ("action",),
                    tuple(Variant(f"{s}-{t}", (f"method.student_aug={s}", f"method.teacher_aug={t}"))
                          for s, t in AUGMENTATIONS), kind="ablation"),
+    "sota": Grid("sota", "Methods after ACTION: ABD, AD-MT, UniMatch beside BCP and ACTION, ACDC, 3 and 7 labeled",
+                 "acdc", "acdc-phantom", (("--labeled", "3"), ("--labeled", "7")), tuple(SOTA_METHODS)),
 }
 
 

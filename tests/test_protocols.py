@@ -14,8 +14,10 @@ from ssl_bench.runconfig import RunSpec, resolve
 
 #: a protocol's content is pinned to its version: change a recipe -> bump the version and this line.
 #: field v1 changed its text once without changing its meaning: CPS's Kaiming/Xavier init, which
-#: v1 always ran, was renamed from variant ssl4mis to ssl4mis-2021 (issue 16; was 2121102efe05)
-FINGERPRINTS = {("field", 1): "cb54ff805a81", ("field", 2): "f3ecdb80c99f", ("paper", 1): "611571f03c72",
+#: v1 always ran, was renamed from variant ssl4mis to ssl4mis-2021 (issue 16; was 2121102efe05).
+#: field v2 gained the recipes of ABD, AD-MT and UniMatch (issue 20) in the session that made it
+#: (was f3ecdb80c99f); no recipe of a method it had changed.
+FINGERPRINTS = {("field", 1): "cb54ff805a81", ("field", 2): "1326cc063d90", ("paper", 1): "611571f03c72",
                 ("equal", 1): "32c9a5f7735f"}
 
 FAST = {"iterations": "4", "labeled_bs": "2", "unlabeled_bs": "2", "val_every": "2",
@@ -174,3 +176,17 @@ def test_cli_run_rejects_an_unknown_protocol_and_writes_nothing(tmp_path):
                                    "--protocol", "nope", "--results-root", str(tmp_path / "r")])
     assert res.exit_code == 2 and "unknown protocol 'nope'" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_field_recipes_of_the_methods_after_action():
+    """ABD as its release runs BCP (10k + 30k at constant lr), AD-MT's ramp quantised by 150 of 30k,
+    UniMatch's medical form with a second unlabeled half to mix from; each names its source file."""
+    train, cfg = resolve(RunSpec(method="abd", dataset="tiny-test", protocol="field", overrides={"iterations": "30000"}),
+                         get_method_class("abd"))
+    assert (train.total_iterations, train.poly_power, cfg.variant, cfg.pretrain_fraction) == (40000, 0.0, "released", 0.25)
+    train, cfg = resolve(RunSpec(method="ad-mt", dataset="tiny-test", protocol="field"), get_method_class("ad-mt"))
+    assert (train.rampup.quantum, train.rampup.length, cfg.rampup, cfg.consistency) == (0.005, None, 0.25, 2.0)
+    train, cfg = resolve(RunSpec(method="unimatch", dataset="tiny-test", protocol="field"), get_method_class("unimatch"))
+    assert (train.labeled_bs, train.unlabeled_bs, cfg.variant, train.report_checkpoint) == (12, 24, "medical", "best")
+    for m in ("abd", "ad-mt", "unimatch"):
+        assert "at " in get_protocol("field").recipe(m).source and ".py" in get_protocol("field").recipe(m).source

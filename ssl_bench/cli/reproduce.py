@@ -1,4 +1,4 @@
-"""``ssl-bench reproduce table1|table2|table3|table4``: the grid behind a table of the paper, run
+"""``ssl-bench reproduce table1|table2|table3|table4|sota``: the grid behind a table of the paper, run
 through the sweep runner, then the measured table beside the published one (``ssl_bench.reproduce``)."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ssl_bench.cli.sweep import (ARRAY_PARALLELISM, CPUS_PER_JOB, EXECUTOR, GPUS
 
 
 def reproduce(
-    table: str = typer.Argument(..., help="table1 (ACDC), table2 (LiTS), table3 (ablations) or table4 (augmentations)"),
+    table: str = typer.Argument(..., help="table1 (ACDC), table2 (LiTS), table3 (ablations), table4 (augmentations) or sota (ABD, AD-MT, UniMatch, BCP, ACTION on ACDC)"),
     protocol: str = typer.Option("field", "--protocol", help="the recipe (field: the one behind the published rows)"),
     budget: str = typer.Option("full", "--budget", help="full: real data at the protocol's budget; cpu: real data at the CPU budget (64 px, base 1000 iterations, 1 thread a run); smoke: the phantoms at their CPU preset"),
     seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated initialisation seeds"),

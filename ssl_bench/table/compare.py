@@ -15,8 +15,10 @@ import pandas as pd
 from .main import method_checkpoints
 from .model import Block, Stat, Table, fmt_stat, protocol_line
 from .runs import (PAPER, class_order, column_values, display_name, is_main_variant, method_order,
-                   read_reference, reference_name, setting_order)
+                   published_rows, reference_name, setting_order,
+                   LATER_REFERENCE, read_reference)
 
+LATER_METHODS = set(read_reference(LATER_REFERENCE)["method"])
 METRICS = {"dice": ("DSC [%]", 100.0, 1, "dice_percent"), "asd_vox": ("ASD [voxel]", 1.0, 2, "asd_voxel")}
 
 
@@ -32,7 +34,7 @@ def delta_text(measured: Stat | None, published: str | None, digits: int) -> str
 
 def comparison_tables(runs: pd.DataFrame, checkpoint: str = "reported") -> list[Table]:
     """Per (dataset, protocol) and metric: every measured method beside the paper's figure."""
-    ref_all = read_reference("action_paper_main_tables.csv")
+    ref_all = published_rows()  # ACTION's tables, then the later methods' own rows
     runs = runs[runs.apply(is_main_variant, axis=1)] if len(runs) else runs
     out = []
     for (dataset, ptag), d in sorted(runs.groupby(["dataset", "protocol_tag"]), key=lambda kv: kv[0]):
@@ -73,5 +75,10 @@ def comparison_tables(runs: pd.DataFrame, checkpoint: str = "reported") -> list[
                                f"phantom: Δ shows the distance to the paper, not a reproduction.")
             t.footnote = [protocol_line(ptag),
                           "Cells: measured mean±std over seeds (n) / published / Δ = measured − published."]
+            later = sorted({r["method"] for r in t.records if r["method"] in d["method"].values}
+                           & {m for m in d["method"].unique() if display_name(m) in LATER_METHODS})
+            if later:
+                t.footnote.append(f"Published figures of {', '.join(display_name(m) for m in later)}: the method's own "
+                                  f"paper or release ({LATER_REFERENCE} names each source), not {PAPER}.")
             out.append(t)
     return out

@@ -8,8 +8,8 @@ import pandas as pd
 
 from .cases import CaseData, load_cases
 from .model import Block, Stat, Table, as_run_line, empty_asd_line, footnote, measured_cell, published_cell
-from .runs import (PAPER, PUBLISHED_LABEL, REPORTED, class_order, column_values, display_name, is_main_variant,
-                   method_order, read_reference, reference_name, setting_order)
+from .runs import (LATER_LABEL, LATER_REFERENCE, PAPER, PUBLISHED_LABEL, REPORTED, class_order, column_values,
+                   display_name, is_main_variant, method_order, read_reference, reference_name, setting_order)
 from .significance import ci_of, mark_grid, statistics_lines
 
 
@@ -41,6 +41,7 @@ def main_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, with_published: 
             proto = protocol_by_tag(ptag)
             if proto is not None and proto.published:
                 extra = _published_block(table, dataset, cols, methods)
+                extra += _later_block(table, dataset, cols, methods or list(d["method"].unique()))
             else:
                 why = (f"published rows are not shown beside protocol {ptag}: they were produced by the "
                        f"field's recipe; run with --protocol field to compare with them")
@@ -136,6 +137,45 @@ def cell_record(block, dataset, setting, method, display, cls, ckpt, dice: Stat 
             "dsc_best": dice_best, "asd_best": asd_best}
 
 
+def _published_row(table: Table, name: str, label: str, disp: str, rows: pd.DataFrame,
+                   cols: list[tuple[str, str]]) -> tuple[str, list]:
+    """One row of published figures (``rows``: a reference CSV's rows of one method); its cells are
+    also recorded (block ``published``)."""
+    cells = []
+    for s, c in cols:
+        hit = rows[(rows["setting"] == s) & (rows["class"].str.lower() == c.lower())]
+        dice = hit["dice_percent"].iloc[0] if len(hit) else None
+        asd = hit["asd_voxel"].iloc[0] if len(hit) else None
+        cells.append(published_cell(dice, asd))
+        table.records.append(cell_record("published", name, s, disp, label, c, "paper",
+                                         Stat(float(dice), float("nan"), 1) if dice else None,
+                                         Stat(float(asd), float("nan"), 1) if asd else None,
+                                         False, False) | {"n": 0, "n_asd": 0})
+    return label, cells
+
+
+def _later_block(table: Table, dataset: str, cols: list[tuple[str, str]], methods: Sequence[str]) -> list[str]:
+    """The published rows of methods after ACTION's tables (``LATER_REFERENCE``), for the methods
+    shown (run or selected) only; returns footnote lines naming each row's source."""
+    ref = read_reference(LATER_REFERENCE)
+    name = reference_name(dataset, read_reference("action_paper_main_tables.csv"))
+    ref = ref[ref["dataset"] == name] if name else ref.iloc[0:0]
+    wanted = {display_name(m) for m in methods}
+    block, sources = Block(LATER_LABEL), []
+    for disp in sorted(dict.fromkeys(ref["method"]), key=method_order):
+        rows = ref[ref["method"] == disp]
+        if disp not in wanted or not set(rows["setting"]) & {s for s, _ in cols}:
+            continue
+        block.rows.append(_published_row(table, name, f"{disp} (published)", disp, rows, cols))
+        sources += [f"{disp}: {src}" for src in dict.fromkeys(rows["source"])]
+    if not block.rows:
+        return []
+    table.blocks.append(block)
+    return ["Rows marked (published): each method's own published figures on the real ACDC dataset "
+            "(no std, single run); not measured here and not part of the bold marks. Sources: "
+            + "; ".join(sources) + "."]
+
+
 def _published_block(table: Table, dataset: str, cols: list[tuple[str, str]],
                      methods: Sequence[str] | None) -> list[str]:
     """Append the paper's rows; returns footnote lines."""
@@ -158,17 +198,7 @@ def _published_block(table: Table, dataset: str, cols: list[tuple[str, str]],
         if wanted is not None and disp not in wanted:
             continue
         rows = ref[ref["method"] == disp]
-        cells = []
-        for s, c in cols:
-            hit = rows[(rows["setting"] == s) & (rows["class"].str.lower() == c.lower())]
-            dice = hit["dice_percent"].iloc[0] if len(hit) else None
-            asd = hit["asd_voxel"].iloc[0] if len(hit) else None
-            cells.append(published_cell(dice, asd))
-            table.records.append(cell_record("published", name, s, disp, f"{disp} (paper)", c, "paper",
-                                             Stat(float(dice), float("nan"), 1) if dice else None,
-                                             Stat(float(asd), float("nan"), 1) if asd else None,
-                                             False, False) | {"n": 0, "n_asd": 0})
-        block.rows.append((f"{disp} (paper)", cells))
+        block.rows.append(_published_row(table, name, f"{disp} (paper)", disp, rows, cols))
     if not block.rows:
         table.notes.append(f"No published rows for the selected methods on {name}.")
         return []

@@ -19,6 +19,9 @@ BUDGET_RULE = ("equal total gradient steps including pre-training stages unless 
                "fixes its own schedule")
 PAPER = "You et al., IPMI 2023"
 PUBLISHED_LABEL = f"published ({PAPER}, real ACDC/LiTS)"
+#: the rows of methods after ACTION's tables (BCP, ABD, AD-MT, UniMatch, MC-Net+, SS-Net), each with its source
+LATER_REFERENCE = "later_methods_acdc.csv"
+LATER_LABEL = "published (each method's paper or release, real ACDC)"
 CHECKPOINT_MEANING = {"best": "best validation Dice", "last": "final iteration"}
 #: ``checkpoint`` value meaning "the checkpoint each run's protocol reports" (tag report_checkpoint)
 REPORTED = "reported"
@@ -216,6 +219,12 @@ def read_reference(name: str) -> pd.DataFrame:
     text = resources.files("ssl_bench.reference").joinpath(name).read_text(encoding="utf-8")
     # figures stay strings, printed as the paper prints them (4.10, not 4.1)
     return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+
+
+def published_rows() -> pd.DataFrame:
+    """ACTION's Tables 1/2 and the later methods' rows in one frame (column ``source``)."""
+    paper = read_reference("action_paper_main_tables.csv").assign(source=f"{PAPER}, Tables 1-2")
+    return pd.concat([paper, read_reference(LATER_REFERENCE)], ignore_index=True).fillna("")
 
 
 def column_values(runs: pd.DataFrame, column: str) -> list[float]:
