@@ -92,15 +92,21 @@ def test_markdown_has_mean_std_n_and_no_untested_bold(store):
     header = md.splitlines()[2]
     assert header.startswith("| Method | 3 labeled: Average | 3 labeled: RV |")
     mt, action = rows["MT"], rows["ACTION"]
-    # Average column: ACTION best in both DSC and ASD, but without per-case results untested: no bold
+    # Average column: ACTION best in both DSC and ASD, but without per-case results untested: no bold,
+    # and the cell says why
+    why = " (not tested: no per-case results)"
     assert "| 81.0±1.4 / 2.50±0.71 (n=2) |" in mt
-    assert "| 87.0±1.4 / 1.10±0.14 (n=2) |" in action
+    assert f"| 87.0±1.4{why} / 1.10±0.14{why} (n=2) |" in action
     # RV column: MT best DSC; ASD tied at display precision (no comparison)
-    assert "| 71.0±1.4 / 5.00±0.00 (n=2) |" in mt
+    assert f"| 71.0±1.4{why} / 5.00±0.00 (n=2) |" in mt
     assert "| 61.0±1.4 / 5.00±1.41 (n=2) |" in action
     assert "**" not in "\n".join(rows.values())
-    assert ("Holm-corrected over the 3 comparison(s) of this table, alpha = 0.05; 3 comparison(s) not tested "
-            "(no bold): per-case results (test_<checkpoint>_per_case.csv) missing for 4 run(s).") in md
+    # the family holds the tests actually run: none
+    assert ("Holm-corrected over the 0 test(s) run for this table, alpha = 0.05; tested only with >= 3 paired "
+            "runs; 3 best mean(s) not tested (no bold, marked in the cell): no per-case results.") in md
+    assert ("Per-case results (test_<checkpoint>_per_case.csv) missing for 4 run(s), left out of every test and "
+            "interval: MT 3 labeled seed 0 split 0, MT 3 labeled seed 1 split 0, ACTION 3 labeled seed 0 split 0, "
+            "ACTION 3 labeled seed 1 split 0.") in md
     assert "Std covers initialisation seeds; n = number of runs (seed x split seed)." in md
     assert list(rows)[1:3] == ["MT", "ACTION"]  # paper order (MT before ACTION)
     assert "(paper)" not in md and tbl.PUBLISHED_LABEL not in md

@@ -83,3 +83,50 @@ def rates(setting: Setting = Setting(), shift: float = 0.0, replicates: int = 20
     if legacy:
         out["legacy_bold_rate"] = old / replicates
     return out
+
+
+def report(out_dir=None, seeds: tuple[int, ...] = (3,), shift: float = 4.0, replicates: int = 2000,
+           base: Setting = Setting(), seed: int = 0, progress=None) -> dict:
+    """False-positive rate (shift 0) and power (``shift``) of the bold rule, and of the legacy
+    one, for each number of seeds; written to ``out_dir``/stats.json and stats.md when given."""
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    rows = []
+    for k in seeds:
+        s = replace(base, n_seeds=int(k))
+        null, alt = rates(s, 0.0, replicates, seed), rates(s, shift, replicates, seed + 1)
+        row = {"n_seeds": int(k), "false_positive_rate": null["bold_rate"], "power": alt["bold_rate"],
+               "legacy_false_positive_rate": null["legacy_bold_rate"], "legacy_power": alt["legacy_bold_rate"]}
+        rows.append(row)
+        if progress is not None:
+            progress(row)
+    rep = {"setting": asdict(base), "shift_dice": shift, "replicates": replicates, "rng_seed": seed,
+           "alpha": stats.ALPHA, "min_runs": stats.MIN_RUNS, "rows": rows}
+    if out_dir is not None:
+        from ssl_bench.datasets.base import atomic_write_text
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "stats.json", json.dumps(rep, indent=2) + "\n")
+        atomic_write_text(out / "stats.md", markdown(rep))
+    return rep
+
+
+def markdown(rep: dict) -> str:
+    s = rep["setting"]
+    lines = [
+        "# Bold-mark error rate and power (`ssl-bench bench stats`)", "",
+        f"Two methods compared as `ssl-bench table` compares a best row with its runner-up, {rep['replicates']} "
+        f"simulated tables per line (RNG seed {rep['rng_seed']}); {s['n_patients']} patients x {s['n_volumes']} "
+        f"volumes; sd in Dice points: seed (method x run) {s['seed_sd']}, patient (shared) {s['patient_sd']}, "
+        f"method x patient {s['inter_sd']}, volume {s['volume_sd']}; alpha {rep['alpha']}; a comparison needs "
+        f">= {rep['min_runs']} paired runs. False positives: identical methods; power: a true shift of "
+        f"{rep['shift_dice']} Dice. Legacy: Wilcoxon on per-volume differences averaged over seeds (before issue 17).",
+        "", "| seeds | false-positive rate | power | legacy false-positive rate | legacy power |",
+        "|---|---|---|---|---|"]
+    for r in rep["rows"]:
+        lines.append(f"| {r['n_seeds']} | {r['false_positive_rate']:.3f} | {r['power']:.3f} | "
+                     f"{r['legacy_false_positive_rate']:.3f} | {r['legacy_power']:.3f} |")
+    return "\n".join(lines) + "\n"

@@ -75,7 +75,9 @@ def _table(d, dataset, ptag, ref, others, cols, per_method, checkpoint, results_
         "is better; ASD in voxels: negative is better); [lo, hi]: its 95 % t interval (seed and patient "
         "spread); n = paired runs x patients.",
         f"p: {TEST_TEXT}, {family_text(family.size, display_name(ref))} (the family of the main table "
-        f"too), needs >= {family.min_runs} paired runs; bold: adjusted p < {ALPHA}.",
+        f"too), needs >= {family.min_runs} paired runs; bold: adjusted p < {ALPHA}. The CSV adds "
+        "p_wilcoxon_patients, a two-sided Wilcoxon signed-rank test on the seed-averaged per-patient differences "
+        "(secondary: it leaves out the seed spread).",
         *missing_lines(missing_runs(d, cases), cases.unscored),
     ]
     return table
