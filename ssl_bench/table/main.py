@@ -173,7 +173,9 @@ def _measured_block(table: Table, runs: pd.DataFrame, cols: list[tuple[str, str]
     family = table_family(runs, cols, per_method, cases, reference, min_runs)
     bounds = [m for m in methods if is_bound(m, table.protocol)]
     flags, tests = mark_grid(grid, cells, methods, [m not in bounds for m in methods], family)
-    notes = {(t.metric, t.column, t.best): f"not tested: {t.why_untested}" for t in tests if not t.test.tested}
+    # too few paired runs: the cell says so (missing per-case results are named in the footnote)
+    notes = {(t.metric, t.column, t.best): f"not tested: {t.why_untested}" for t in tests
+             if not t.test.tested and t.result is not None}
     block = Block(None)
     for i, m in enumerate(methods):
         row_cells = []

@@ -238,8 +238,8 @@ def bold_line(tests: list[RunnerUp], missing_runs: int, family: Family | None = 
                  f"{_span(r.n_patients for r in done)}")
     untested = [t for t in tests if not t.test.tested]
     if untested:
-        whys = sorted({t.why_untested for t in untested})
-        rule += f"; {len(untested)} best mean(s) not tested (no bold, marked in the cell): {'; '.join(whys)}"
+        whys = sorted({t.why_untested + ("" if t.result is None else ", said in the cell") for t in untested})
+        rule += f"; {len(untested)} best mean(s) not tested (no bold): {'; '.join(whys)}"
     if not tests:
         rule += " (nothing to compare: fewer than two competing rows per column, or ties as shown)"
     return rule + "."
