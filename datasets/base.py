@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,21 @@ import numpy as np
 
 class DataError(RuntimeError):
     """Bad or missing input data; the message names the file and the fix."""
+
+
+#: case ids that name one volume of a patient with several: ACDC's ``patientNNN_frameFF`` (ED and
+#: ES of one patient; ``acdc`` and ``acdc-phantom``). Every other dataset here has one volume per
+#: patient (LiTS ``lits-N``, nnU-Net identifiers, the LiTS phantom), so its case is its patient.
+_MULTI_VOLUME_CASE = re.compile(r"^(patient\d{3})_frame\d{2}$")
+
+
+def patient_of(case_id: str) -> str:
+    """The patient of a case, from its id alone (per-case results name cases, not patients):
+    ``patient011_frame01`` -> ``patient011``; any other id is its own patient. It agrees with
+    ``CaseRef.patient_id`` of every dataset here (checked in ``tests/test_stats.py``); the
+    statistics use it to count patients, not volumes (``ssl_bench.stats``)."""
+    m = _MULTI_VOLUME_CASE.match(str(case_id))
+    return m.group(1) if m else str(case_id)
 
 
 @dataclass(frozen=True)

@@ -93,14 +93,19 @@ def test_markdown_has_mean_std_n_and_no_untested_bold(store):
     assert header.startswith("| Method | 3 labeled: Average | 3 labeled: RV |")
     mt, action = rows["MT"], rows["ACTION"]
     # Average column: ACTION best in both DSC and ASD, but without per-case results untested: no bold
+    # (the footnote names the runs without them)
     assert "| 81.0±1.4 / 2.50±0.71 (n=2) |" in mt
     assert "| 87.0±1.4 / 1.10±0.14 (n=2) |" in action
     # RV column: MT best DSC; ASD tied at display precision (no comparison)
     assert "| 71.0±1.4 / 5.00±0.00 (n=2) |" in mt
     assert "| 61.0±1.4 / 5.00±1.41 (n=2) |" in action
     assert "**" not in "\n".join(rows.values())
-    assert ("Holm-corrected over the 3 comparison(s) of this table, alpha = 0.05; 3 comparison(s) not tested "
-            "(no bold): per-case results (test_<checkpoint>_per_case.csv) missing for 4 run(s).") in md
+    # the family holds the tests actually run: none
+    assert ("Holm-corrected over the 0 test(s) run for this table, alpha = 0.05; tested only with >= 3 paired "
+            "runs; 3 best mean(s) not tested (no bold): no per-case results.") in md
+    assert ("Per-case results (test_<checkpoint>_per_case.csv) missing for 4 run(s), left out of every test and "
+            "interval: MT 3 labeled seed 0 split 0, MT 3 labeled seed 1 split 0, ACTION 3 labeled seed 0 split 0, "
+            "ACTION 3 labeled seed 1 split 0.") in md
     assert "Std covers initialisation seeds; n = number of runs (seed x split seed)." in md
     assert list(rows)[1:3] == ["MT", "ACTION"]  # paper order (MT before ACTION)
     assert "(paper)" not in md and tbl.PUBLISHED_LABEL not in md
@@ -263,7 +268,11 @@ def test_protocols_get_their_own_tables_and_published_rows_only_beside_field(sto
         assert len(t.blocks[0].rows) == 1  # one MT row (n = 1) per protocol, never pooled
     # 'proto' has no reference_name: field gets the "no published figures" note, the others a warning
     assert any("no reference_name" in n for n in by["field-v1"].notes)
-    assert len(warnings) == 2 and all("--protocol field" in w for w in warnings)
+    published = [w for w in warnings if "published rows" in w]
+    assert len(published) == 2 and all("--protocol field" in w for w in published)
+    # and each protocol's run without per-case results is named (issue 17: missing inputs are loud)
+    lost = [w for w in warnings if "no per-case results for 1 run(s)" in w]
+    assert len(lost) == 3 and len(warnings) == 5 and all("MT 3 labeled seed " in w for w in lost)
     assert any("not shown beside protocol equal-v1" in n for n in by["equal-v1"].notes)
     # a protocol filter keeps one table
     only = tbl.main_tables(runs(store, dataset="proto", protocol="equal"), "best")

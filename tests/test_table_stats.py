@@ -4,9 +4,9 @@ Store (dataset tiny-test: classes ring and core; 10 test cases; 3 seeds; protoco
     unet-l   dice = BASE[case] + 0.01 * seed          asd = 2.0 + 0.1 * case + 0.1 * seed
     mt       unet-l + 0.05 dice, - 0.5 asd            (both classes)
     action   = mt on ring; mt + 0.03 dice, - 0.2 asd on core
-Every paired difference is a constant, so every Wilcoxon p is the exact 2 / 2^10 (10 cases all
-one way) or 1 (identical). Protocol equal: unet-l and mt, one seed, 6 cases, mt better on every
-case: raw p = 2 / 2^6 = 0.03125 per column, which Holm (3 columns) lifts to 0.094: no bold.
+Every paired difference is a constant, so every test has zero variance: p = 0 for a shift, 1
+for identical cells. Protocol equal: unet-l and mt, one seed, 6 cases (one run: not tested
+unless --min-runs 1).
 """
 from __future__ import annotations
 
@@ -101,22 +101,31 @@ def test_bold_only_where_the_best_beats_the_runner_up_significantly(store):
     assert rows["ACTION"] == ("| ACTION | **76.5±1.0** / **1.95±0.10** (n=3) | 75.0±1.0 / 2.05±0.10 (n=3) "
                               "| **78.0±1.0** / **1.85±0.10** (n=3) |")
     assert "**" not in rows["MT"] and "**" not in rows["UNet-L"]
-    assert "Holm-corrected over the 4 comparison(s) of this table, alpha = 0.05; 3 paired run(s)" in md
-    assert "and 10 test case(s) per comparison." in md
+    # one family with the paired table against UNet-L: 4 best-vs-runner-up tests (Average and core,
+    # DSC and ASD; ring is a tie) + MT and ACTION vs UNet-L in 3 columns x 2 metrics = 16
+    assert "Holm-corrected over the 16 test(s) run for this table and its paired table against UNet-L" in md
+    assert "n = runs x patients per comparison: 3 x 10." in md
+    alone = main_md(uri, "field", compare_to="none")
+    assert "Holm-corrected over the 4 test(s) run for this table, alpha" in alone
     assert "Std covers initialisation seeds; n = number of runs" in md
     tex = tbl.render(tbl.main_tables(tbl.select_runs(tbl.load_runs(uri), dataset="tiny-test", protocol="field"),
                                      "best"), "latex")
     assert r"\textbf{76.5$\pm$1.0}" in tex
 
 
-def test_holm_removes_marks_that_one_test_alone_would_give(store):
+def test_one_run_is_not_tested_and_the_cell_says_why(store):
     _, uri = store
     md = main_md(uri, "equal")
-    assert "**" not in "\n".join(rows_of(md).values())  # raw p = 0.03125 per column, 3 columns
-    assert "Holm-corrected over the 3 comparison(s)" in md and "1 paired run(s)" in md and "6 test case(s)" in md
-    from ssl_bench.stats import holm
-
-    assert holm([2 / 64] * 3) == pytest.approx([0.09375] * 3)  # each above 0.05
+    assert "**" not in "\n".join(rows_of(md).values())
+    assert rows_of(md)["MT"].count("(not tested: 1 paired run(s) < 3)") == 3  # DSC of 3 columns; ASD is a tie
+    assert "Holm-corrected over the 0 test(s)" in md
+    assert "3 best mean(s) not tested (no bold): 1 paired run(s) < 3, said in the cell." in md
+    # --min-runs 1 tests them (patients only): the 3 DSC comparisons of MT vs UNet-L are the same
+    # tests in the main and the paired table (counted once), plus 3 ASD ones (identical: p = 1)
+    md1 = main_md(uri, "equal", min_runs=1)
+    assert "Holm-corrected over the 6 test(s) run for this table and its paired table" in md1
+    assert "Holm-corrected over the 3 test(s) run for this table," in main_md(uri, "equal", min_runs=1,
+                                                                            compare_to="none")
 
 
 def test_confidence_intervals_in_cells_and_csv(store):
@@ -126,7 +135,10 @@ def test_confidence_intervals_in_cells_and_csv(store):
     md = tbl.render(tables, "md")
     # UNet-L ring: values BASE + 0.01 seed, seed means 69.0/70.0/71.0; the interval lies inside the case range
     ring = rows_of(md)["UNet-L"].split("|")[3]
-    assert ring.strip().startswith("70.0±1.0 [") and "95 % bootstrap confidence interval" in md
+    # hand: psi = BASE + 0.01 seed (additive, no error): MS_run = 10 * 2e-4 / 2 = 0.001, MS_patient =
+    # 3 * var(BASE) = 3 * 0.02^2 * 110 / 12 = 0.011, Var = 0.012 / 30 = 4e-4, df capped at 2 runs:
+    # 70.0 -+ 4.303 * 2.0 = [61.4, 78.6]
+    assert ring.strip().startswith("70.0±1.0 [61.4, 78.6] / 2.55±0.10 [") and "95 % confidence interval" in md
     df = pd.read_csv(io.StringIO(tbl.render(tables, "csv")))
     r = df[(df["method"] == "unet-l") & (df["class"] == "ring")].iloc[0]
     assert 60.0 < r["dsc_ci_low_percent"] < 70.0 < r["dsc_ci_high_percent"] < 80.0
@@ -139,19 +151,20 @@ def test_compare_to_pairs_cases_and_holm_corrects_the_table(store):
     (t,) = tbl.paired_tables(runs, "best", "mt")
     df = pd.read_csv(io.StringIO(tbl.render([t], "csv")))
     assert set(df["method"]) == {"unet-l", "action"} and set(df["reference"]) == {"mt"}
-    # 12 p-values: 10 of 2/2^10 (constant shifts), 2 of 1 (ACTION = MT on ring); Holm: 12 * 2/2^10
-    assert sorted(df["p"].round(8)) == [round(P10, 8)] * 10 + [1.0, 1.0]
-    small = df[df["p"] < 1]
-    assert small["p_holm"].to_numpy() == pytest.approx(12 * P10)
-    assert (df.loc[df["p"] == 1, "p_holm"] == 1.0).all()
+    # 12 p-values: 10 constant shifts (zero variance: p ~ 0), 2 identical (ACTION = MT on ring: p = 1)
+    assert (df["p"] < 1e-12).sum() == 10 and (df["p"] == 1.0).sum() == 2
+    assert (df.loc[df["p"] == 1, "p_holm"] == 1.0).all() and df["tested"].all()
     unet = df[(df["method"] == "unet-l") & (df["class"] == "ring") & (df["metric"] == "dice")].iloc[0]
     assert unet["delta_mean"] == pytest.approx(-5.0) and unet["delta_ci_low"] == pytest.approx(-5.0)
-    assert unet["n_runs"] == 3 and unet["n_cases"] == 10
+    assert unet["n_runs"] == 3 and unet["n_patients"] == 10
     same = df[(df["method"] == "action") & (df["class"] == "ring") & (df["metric"] == "dice")].iloc[0]
     assert same["delta_mean"] == 0.0 and same["p_holm"] == 1.0
     md = tbl.render_md(t)
-    assert "**-5.0 [-5.0, -5.0] p=0.023 (n=3x10)**" in md  # significant after Holm: bold
+    assert "**-5.0 [-5.0, -5.0] p=0 (n=3x10)**" in md  # significant after Holm: bold
     assert "+0.0 [+0.0, +0.0] p=1 (n=3x10)" in md and "**+0.0" not in md
+    # the family: 4 best-vs-runner-up tests (ACTION vs MT: Average and core, DSC and ASD) + 12 against MT,
+    # of which those 4 are the same tests: 12
+    assert "Holm-corrected over the 12 test(s) run for this table and its paired table against MT" in md
     # the default reference is UNet-L
     (default,) = tbl.paired_tables(runs, "best")
     assert "against UNet-L" in default.title
@@ -171,7 +184,7 @@ def test_moved_run_dirs_are_found_under_the_results_root(store, tmp_path):
         shutil.copytree(d, copy / Path(d).name)
     moved = runs.assign(run_dir=[str(tmp_path / "gone" / Path(d).name) for d in runs["run_dir"]])
     cases = load_cases(moved, {"unet-l": "best", "mt": "best"}, copy)
-    assert not cases.missing and len(cases.frame) == 2 * 6 * 3  # ring, core and mean rows
+    assert not cases.missing and len(cases.frame) == 2 * 6 * 2  # ring and core rows of 6 cases, 2 runs
     lost = load_cases(moved, {"unet-l": "best", "mt": "best"}, tmp_path / "elsewhere")
     assert sorted(lost.missing) == sorted(runs["run_id"]) and lost.frame.empty
 
@@ -206,3 +219,118 @@ def test_random_split_runs_are_their_own_setting():
     kept = tbl.select_runs(df)
     assert sorted(zip(kept["dataset"], kept["setting"])) == [
         ("acdc", "3 labeled"), ("acdc", "3 labeled (random split)"), ("acdc-phantom", "3 labeled")]
+
+
+# --- a LiTS-like store: class "core" absent from cases 6-9; UNet-F; a run without per-case CSV ---------
+
+def core_values(method: str, seed: int) -> tuple[list[float], list[float]]:
+    """core: present in cases 0-5 (UNet-L 0.5 + 0.01 case + 0.01 seed, MT + 0.1, UNet-F + 0.3); absent
+    in 6-9, where MT predicts a core in 6 and 7 (label_empty: DSC 0, ASD 50) and everyone else nothing
+    (both_empty: NaN)."""
+    add = {"unet-l": 0.0, "mt": 0.1, "unet-f": 0.3}[method]
+    dice = [0.5 + 0.01 * i + 0.01 * seed + add for i in range(6)] + [np.nan] * 4
+    asd = [2.0 - add] * 6 + [np.nan] * 4
+    if method == "mt":
+        dice[6] = dice[7] = 0.0
+        asd[6] = asd[7] = 50.0
+    return dice, asd
+
+
+def add_lits_run(root: Path, uri: str, method: str, seed: int, with_csv: bool = True) -> None:
+    name = f"lits-{method}-{seed}"
+    t = RunTracker(root / name, uri, "ssl-bench/tiny-test", name,
+                   {"method": method, "dataset": "tiny-test", "setting": "2 labeled", "seed": seed, "split_seed": 0,
+                    "split": "random", "protocol": "field", "protocol_version": "1"}, {})
+    t.start()
+    ring = {"unet-l": 0.0, "mt": 0.05, "unet-f": 0.2}[method]
+    classes = {"ring": (list(BASE + ring + 0.01 * seed), [2.0] * 10), "core": core_values(method, seed)}
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["case_id", "class", "rule", "pred_voxels", "label_voxels", *METRICS])
+    metrics = {}
+    for cls, (dice, asd) in classes.items():
+        for i, (d, a) in enumerate(zip(dice, asd)):
+            rule = "both_empty" if np.isnan(d) else "label_empty" if d == 0 else "both_present"
+            w.writerow([f"case{i:02d}", cls, rule, 10, 10,
+                        *["" if np.isnan(d) else repr(float(d)) if m == "dice" else "" if np.isnan(a)
+                          else repr(float(a)) if m == "asd_vox" else "" for m in METRICS]])
+        metrics |= {f"test/best/dice/{cls}": float(np.nanmean(dice)), f"test/best/asd_vox/{cls}": float(np.nanmean(asd))}
+    # metrics.aggregate: Average = mean over classes of the class means
+    metrics["test/best/dice/mean"] = (metrics["test/best/dice/ring"] + metrics["test/best/dice/core"]) / 2
+    metrics["test/best/asd_vox/mean"] = (metrics["test/best/asd_vox/ring"] + metrics["test/best/asd_vox/core"]) / 2
+    if with_csv:
+        (root / name / "test_best_per_case.csv").write_text(buf.getvalue())
+    t.log_final(metrics)
+    t.set_status("finished")
+
+
+@pytest.fixture(scope="module")
+def lits_store(tmp_path_factory, mlflow_template_db):
+    root = tmp_path_factory.mktemp("lits-results")
+    shutil.copyfile(mlflow_template_db, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    for method in ("unet-l", "mt", "unet-f"):
+        for seed in range(3):
+            add_lits_run(root, uri, method, seed)
+    add_lits_run(root, uri, "unet-f", 3, with_csv=False)
+    return root, uri
+
+
+def lits_tables(uri, root, **kw):
+    runs = tbl.select_runs(tbl.load_runs(uri), dataset="tiny-test", protocol="field")
+    warned = []
+    main = tbl.main_tables(runs, "best", warn=warned.append, results_root=root, **kw)
+    return main, tbl.paired_tables(runs, "best", results_root=root), warned
+
+
+def test_false_positive_core_is_kept_and_penalised_in_the_pair(lits_store):
+    root, uri = lits_store
+    _, (paired,), _ = lits_tables(uri, root)
+    df = pd.DataFrame(paired.records)
+    core = df[(df["method"] == "mt") & (df["class"] == "core") & (df["metric"] == "dice")].iloc[0]
+    # seed s: MT (sum of 0.6 + 0.01 i + 0.01 s over i < 6, + 0 + 0) / 8 = 0.46875 + 0.0075 s; UNet-L
+    # 0.525 + 0.01 s: Δ = -0.05625 - 0.0025 s, mean -5.875 points; nothing dropped: 10 patients
+    assert core["delta_mean"] == pytest.approx(-5.875) and core["n_patients"] == 10 and core["n_runs"] == 3
+    asd = df[(df["method"] == "mt") & (df["class"] == "core") & (df["metric"] == "asd_vox")].iloc[0]
+    # MT (6 * 1.9 + 100) / 8 = 13.925, UNet-L 2.0
+    assert asd["delta_mean"] == pytest.approx(13.925 - 2.0)
+
+
+def test_lits_like_average_mean_and_interval_agree(lits_store):
+    root, uri = lits_store
+    (main,), _, _ = lits_tables(uri, root, ci=True)
+    rec = {r["method"]: r for r in main.records if r["class"] == "mean"}
+    for m in ("unet-l", "mt"):  # every run has its per-case results: the interval is around the shown mean
+        r = rec[m]
+        assert (r["dsc_ci_low_percent"] + r["dsc_ci_high_percent"]) / 2 == pytest.approx(r["dsc_mean_percent"])
+        assert (r["asd_ci_low_voxel"] + r["asd_ci_high_voxel"]) / 2 == pytest.approx(r["asd_mean_voxel"])
+    # MT Average DSC, class-first: ring mean(BASE) + 0.05 + 0.01 s = 0.74 + 0.01 s, core 0.46875 + 0.0075 s;
+    # over seeds 0-2: (0.75 + 0.47625) / 2 = 61.3125 % (case-first would give another number)
+    assert rec["mt"]["dsc_mean_percent"] == pytest.approx(100 * (0.75 + 0.47625) / 2)
+
+
+def test_unet_f_is_a_reference_row_and_never_bold(lits_store):
+    root, uri = lits_store
+    (main,), _, _ = lits_tables(uri, root)
+    md = tbl.render_md(main)
+    rows = rows_of(md)
+    assert "**" not in rows["UNet-F"]  # best everywhere, but it does not compete
+    # ring: MT beats UNet-L by 5 points on every patient and seed: bold among the competing rows
+    assert rows["MT"].split("|")[3].strip().startswith("**75.0±1.0** / 2.00")  # mean(BASE) 0.69 + 0.05 + 0.01
+    assert "reference rows (UNet-F) are not ranked and never bold" in md
+    flags = {(r["method"], r["class"]): r["dsc_best"] for r in main.records}
+    assert not any(v for (m, _), v in flags.items() if m == "unet-f") and flags["mt", "ring"]
+    assert all(r["reference_row"] == (r["method"] == "unet-f") for r in main.records)
+
+
+def test_missing_per_case_csv_is_named_in_a_warning_and_the_footnote(lits_store):
+    root, uri = lits_store
+    (main,), (paired,), warned = lits_tables(uri, root)
+    name = "UNet-F 2 labeled seed 3 split 0"
+    assert len(warned) == 1 and name in warned[0] and "1 run(s)" in warned[0]
+    assert any(name in line and "missing for 1 run(s)" in line for line in main.footnote)
+    assert any(name in line for line in paired.footnote)
+    # n shows what entered: UNet-F vs UNet-L paired on the 3 runs with per-case results
+    df = pd.DataFrame(paired.records)
+    assert set(df.loc[df["method"] == "unet-f", "n_runs"]) == {3}
+    assert "(n=4)" in rows_of(tbl.render_md(main))["UNet-F"]  # the shown mean: all 4 runs (MLflow)

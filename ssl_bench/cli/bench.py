@@ -203,3 +203,33 @@ def card(
     except user_errors() as exc:
         fail(str(exc))
     console.print(f"card of {rep['device']} written to {out_dir}/card.md")
+
+
+@bench_app.command("stats")
+def bench_stats(
+    seeds: str = typer.Option("3", "--seeds", help="comma-separated numbers of seeds (paired runs), e.g. 3,5,10"),
+    shift: float = typer.Option(4.0, "--shift", help="the true difference in Dice points for the power"),
+    replicates: int = typer.Option(2000, "--replicates", min=100, help="simulated tables per rate"),
+    patients: int = typer.Option(20, "--patients", min=2), volumes: int = typer.Option(2, "--volumes", min=1),
+    seed_sd: float = typer.Option(3.0, "--seed-sd", help="sd of a run's shift (method x seed), Dice points"),
+    patient_sd: float = typer.Option(8.0, "--patient-sd", help="sd of a patient's difficulty, shared by both methods"),
+    inter_sd: float = typer.Option(3.0, "--inter-sd", help="sd of method x patient"),
+    volume_sd: float = typer.Option(3.0, "--volume-sd", help="sd of a volume's residual"),
+    out_dir: Path = typer.Option(Path("results/bench"), "--out-dir", help="where stats.json/.md go"),
+) -> None:
+    """False-positive rate and power of the tables' bold mark, by simulation."""
+    from ssl_bench.bench import stats as bench
+
+    try:
+        counts = tuple(int(x) for x in seeds.split(",") if x.strip())
+    except ValueError:
+        fail(f"--seeds {seeds!r}: give comma-separated whole numbers, e.g. 3,5,10")
+    if not counts or min(counts) < 1:
+        fail(f"--seeds {seeds!r}: give at least one number of seeds, each >= 1")
+    setting = bench.Setting(patients, volumes, counts[0], seed_sd, patient_sd, inter_sd, volume_sd)
+    rep = bench.report(out_dir, counts, shift, replicates, setting,
+                       progress=lambda r: console.print(
+                           f"{r['n_seeds']} seed(s): false-positive rate {r['false_positive_rate']:.3f}, power at "
+                           f"{shift:g} Dice {r['power']:.3f} (legacy: {r['legacy_false_positive_rate']:.3f}, "
+                           f"{r['legacy_power']:.3f})"))
+    console.print(f"written to {out_dir}/stats.md ({len(rep['rows'])} line(s))")

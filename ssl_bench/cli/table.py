@@ -48,6 +48,7 @@ def table_command(
     cost: bool = typer.Option(False, "--cost", help="what the runs cost per method: time, device-hours, peak memory"),
     ci: bool = typer.Option(False, "--ci", help="add 95% bootstrap confidence intervals (seeds x test cases) to every cell"),
     compare_to: Optional[str] = typer.Option(None, "--compare-to", help="paired per-case differences of every method against this one (default: unet-l where present; 'none': no comparison)"),
+    min_runs: int = typer.Option(3, "--min-runs", min=1, help="paired runs (seed x split seed) a comparison needs before it is tested and can be bold"),
     status: Status = typer.Option(Status.finished, "--status", help="which runs to read (MLflow run status)"),
     reindex: bool = typer.Option(True, "--reindex/--no-reindex", help="first index the run dirs MLflow lacks (else only count them)"),
     results_root: Optional[Path] = RESULTS_ROOT,
@@ -80,18 +81,18 @@ def table_command(
         if not tables:
             _fail(f"no {what} with a cost record in {uri} (runs record their cost since ssl-bench measures it)")
     elif ablation:
-        tables = tbl.ablation_tables(runs, checkpoint.value, ci, root)
+        tables = tbl.ablation_tables(runs, checkpoint.value, ci, root, min_runs=min_runs)
         if not tables:
             _fail(f"no {what} of method {tbl.ABLATION_METHOD} in {uri}; --ablation reads ACTION runs "
                   "tagged ssl_bench.ablation / ssl_bench.augment")
     else:
         warn = lambda msg: typer.echo(f"warning: {msg}", err=True)  # noqa: E731
         tables = tbl.main_tables(runs, checkpoint.value, with_published, method, warn=warn, ci=ci,
-                                 results_root=root)
+                                 results_root=root, compare_to=compare_to, min_runs=min_runs)
         if not tables:
             _fail(f"no {what} with test/{checkpoint.value}/dice metrics in {uri}")
         if (compare_to or "").lower() != "none":
-            tables += tbl.paired_tables(runs, checkpoint.value, compare_to, root, warn)
+            tables += tbl.paired_tables(runs, checkpoint.value, compare_to, root, warn, min_runs)
 
     if output is not None:
         from ssl_bench.datasets.base import atomic_write_text

@@ -31,4 +31,5 @@ from .model import (ASD_DIGITS, DICE_DIGITS, Block, Seg, Stat, Table, as_run_lin
 from .render import render, render_csv, render_html, render_latex, render_md, render_text, rich_tables  # noqa: F401
 from .runs import *  # noqa: F401,F403
 from .runs import TAG_DEFAULTS, normalise_columns  # noqa: F401
-from .paired import DEFAULT_REFERENCE, paired_tables  # noqa: F401
+from .main import DEFAULT_REFERENCE  # noqa: F401
+from .paired import paired_tables  # noqa: F401

@@ -9,11 +9,13 @@ from .model import (Block, Stat, Table, as_run_line, empty_asd_line, footnote, m
                     published_cell)
 from .runs import (ABLATION_METHOD, ABLATIONS, AUGMENTS, DEFAULT_AUGMENT, PAPER, REPORTED, base_method,
                    column_values, display_name, read_reference, reference_name, setting_order)
+from ssl_bench.stats import MIN_RUNS
+
 from .significance import ci_of, mark_grid, statistics_lines
 
 
 def ablation_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, ci: bool = False,
-                    results_root=None) -> list[Table]:
+                    results_root=None, min_runs: int = MIN_RUNS) -> list[Table]:
     """Tables 3 and 4 for every (dataset, setting, protocol) with runs of method ``action``.
     The paper's figures fill the Published column only beside runs of the protocol that
     produced them (``field``). Bold and ``ci`` as in ``main_tables``."""
@@ -40,7 +42,7 @@ def ablation_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, ci: bool = F
         variant = f" {display_name(method)}" if method != ABLATION_METHOD else ""
         cases = load_cases(d, {method: ckpt}, results_root)
         for make in (_table3, _table4):
-            t = make(d, use_ref, ckpt, dataset, setting, note, cases, ci)
+            t = make(d, use_ref, ckpt, dataset, setting, note, cases, ci, min_runs)
             t.protocol = ptag
             t.title = t.title.replace(f", {setting} (", f", {setting}, protocol {ptag}{variant} (")
             t.footnote[0] = protocol_line(ptag)
@@ -52,12 +54,13 @@ def ablation_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, ci: bool = F
 
 
 def _ablation_table(title: str, first_cols: list[str], row_specs: list[tuple[list[str], pd.DataFrame, dict]],
-                    ckpt: str, dataset: str, setting: str, note: list[str], cases: CaseData, ci: bool) -> Table:
+                    ckpt: str, dataset: str, setting: str, note: list[str], cases: CaseData, ci: bool,
+                    min_runs: int = MIN_RUNS) -> Table:
     """row_specs: (leading cell texts, runs of the row, published record + record fields)."""
     stats = [(Stat.of(column_values(r, f"test/{ckpt}/dice/mean"), 100.0), Stat.of(column_values(r, f"test/{ckpt}/asd_vox/mean")))
              for _, r, _ in row_specs]
     row_cases = [cases.cell(r["run_id"], "mean") for _, r, _ in row_specs]
-    flags, tests = mark_grid([[st] for st in stats], [[c] for c in row_cases])
+    flags, tests = mark_grid([[st] for st in stats], [[c] for c in row_cases], min_runs=min_runs)
     dice_best, asd_best = flags["dice"][0], flags["asd_vox"][0]  # the one column
     table = Table(title=title, row_header=first_cols[0],
                   columns=[*first_cols[1:], "Measured DSC / ASD", "Published", "Δ DSC"])
@@ -82,7 +85,9 @@ def _ablation_table(title: str, first_cols: list[str], row_specs: list[tuple[lis
     table.blocks.append(block)
     table.notes.extend(note)
     shown = pd.concat([r for _, r, _ in row_specs])
-    stats_lines = statistics_lines(shown, tests, len(cases.lacking(shown["run_id"])), ci, by=("ablation", "augment"))
+    lost = [f"{r['ablation'] or 'full'} {r['augment']} seed {r['seed']} split {r['split_seed']}"
+            for _, r in shown.iterrows() if str(r["run_id"]) in set(cases.missing)]
+    stats_lines = statistics_lines(shown, tests, lost, ci, by=("ablation", "augment"), unscored=cases.unscored)
     table.footnote = footnote(ckpt, [
         "Measured: Average over foreground classes of runs of method action.",
         f"Published: {PAPER}, real ACDC, 3 labeled patients; not measured here, not part of the bold marks."],
@@ -96,7 +101,7 @@ def _pub(rows: pd.DataFrame) -> dict:
     return {"dice": rows["dice_percent"].iloc[0], "asd": rows["asd_voxel"].iloc[0]}
 
 
-def _table3(runs, ref, ckpt, dataset, setting, note, cases, ci) -> Table:
+def _table3(runs, ref, ckpt, dataset, setting, note, cases, ci, min_runs=MIN_RUNS) -> Table:
     plain = runs[runs["augment"].isin(["", DEFAULT_AUGMENT])]
     tags = list(ABLATIONS) + sorted(set(plain["ablation"]) - set(ABLATIONS))
     specs = []
@@ -107,10 +112,10 @@ def _table3(runs, ref, ckpt, dataset, setting, note, cases, ci) -> Table:
         pub = _pub(hit) | {"fields": {"table": part, "variant": variant, "ablation": tag, "augment": DEFAULT_AUGMENT}}
         specs.append(([variant, part, tag], plain[plain["ablation"] == tag], pub))
     return _ablation_table(f"Table 3 layout: ACTION ablations, {dataset}, {setting} ({ckpt} checkpoint)",
-                           ["Variant", "Paper", "Tag"], specs, ckpt, dataset, setting, note, cases, ci)
+                           ["Variant", "Paper", "Tag"], specs, ckpt, dataset, setting, note, cases, ci, min_runs)
 
 
-def _table4(runs, ref, ckpt, dataset, setting, note, cases, ci) -> Table:
+def _table4(runs, ref, ckpt, dataset, setting, note, cases, ci, min_runs=MIN_RUNS) -> Table:
     full = runs[runs["ablation"] == "none"].copy()
     full.loc[full["augment"] == "", "augment"] = DEFAULT_AUGMENT
     specs = []
@@ -121,4 +126,4 @@ def _table4(runs, ref, ckpt, dataset, setting, note, cases, ci) -> Table:
                                       "ablation": "none", "augment": tag}}
         specs.append(([student, teacher, tag], full[full["augment"] == tag], pub))
     return _ablation_table(f"Table 4 layout: ACTION augmentations, {dataset}, {setting} ({ckpt} checkpoint)",
-                           ["Student", "Teacher", "Tag"], specs, ckpt, dataset, setting, note, cases, ci)
+                           ["Student", "Teacher", "Tag"], specs, ckpt, dataset, setting, note, cases, ci, min_runs)

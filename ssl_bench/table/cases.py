@@ -7,8 +7,11 @@ results folder copied off a cluster) is looked up under the results root by its
 ``mlflow_run_id`` file. Runs whose CSV cannot be found are listed in ``CaseData.missing`` and
 every table that needed them says so.
 
-The ``mean`` rows (the tables' "Average" column) are each case's mean over the foreground
-classes defined in it, as ``ssl_bench.metrics.aggregate`` computes a case's mean.
+Each row carries its case's patient (the CSV's ``patient_id`` column where a run wrote one, else
+``ssl_bench.datasets.base.patient_of``), the unit of the statistics (``ssl_bench.stats``). The
+tables' "Average" column is built from the class rows (``cell(..., "mean")``), as the class
+means are averaged by ``ssl_bench.metrics.aggregate``. A row without a value whose rule is not
+``both_empty`` could not be scored: it is listed in ``CaseData.unscored``.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import pandas as pd
 
 #: the per-case columns the statistics use
 VALUES = ("dice", "asd_vox")
-KEYS = ["run_id", "seed", "split_seed", "case_id", "class"]
+KEYS = ["run_id", "seed", "split_seed", "case_id", "patient", "class"]
+BOTH_EMPTY = "both_empty"
 
 
 @dataclass
@@ -29,12 +33,14 @@ class CaseData:
 
     frame: pd.DataFrame
     missing: list[str] = field(default_factory=list)  # run ids without a per-case CSV
+    unscored: list[tuple[str, str, str]] = field(default_factory=list)  # (run id, case, class) without a value
 
     def cell(self, run_ids: Iterable[str], cls: str) -> pd.DataFrame:
-        """The rows of these runs for one class (or ``mean``)."""
+        """The rows of these runs for one class; ``mean`` (the Average column): every class."""
         ids = set(run_ids)
         f = self.frame
-        return f[f["run_id"].isin(ids) & (f["class"] == cls)]
+        rows = f["run_id"].isin(ids)
+        return f[rows] if cls == "mean" else f[rows & (f["class"] == cls)]
 
     def lacking(self, run_ids: Iterable[str]) -> list[str]:
         return sorted(set(run_ids) & set(self.missing))
@@ -62,12 +68,13 @@ def run_dir_of(run: Mapping, moved: Mapping[str, Path]) -> Path | None:
 
 
 def read_case_csv(path: Path) -> pd.DataFrame:
-    """One per-case CSV with the ``mean`` rows added."""
-    df = pd.read_csv(path, dtype={"case_id": str, "class": str})
-    df = df[["case_id", "class", *VALUES]]
-    mean = df.groupby("case_id", sort=False)[list(VALUES)].mean().reset_index()  # NaN (undefined) skipped
-    mean = mean[mean["dice"].notna() | mean["asd_vox"].notna()].assign(**{"class": "mean"})
-    return pd.concat([df, mean], ignore_index=True)
+    """One per-case CSV: case, patient, class, rule and the ``VALUES``."""
+    from ssl_bench.datasets.base import patient_of
+
+    df = pd.read_csv(path, dtype={"case_id": str, "class": str, "patient_id": str})
+    patient = df["patient_id"] if "patient_id" in df else df["case_id"].map(patient_of)
+    rule = df["rule"] if "rule" in df else pd.Series([""] * len(df), index=df.index)
+    return df[["case_id", "class", *VALUES]].assign(patient=patient.astype(str), rule=rule.fillna("").astype(str))
 
 
 def run_dirs(runs: pd.DataFrame, results_root: Path | None = None) -> dict[str, Path | None]:
@@ -96,5 +103,7 @@ def load_cases(runs: pd.DataFrame, checkpoints: Mapping[str, str],
             continue
         parts.append(read_case_csv(path).assign(run_id=str(run["run_id"]), seed=str(run["seed"]),
                                                 split_seed=str(run["split_seed"])))
-    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*KEYS, *VALUES])
-    return CaseData(frame[[*KEYS, *VALUES]], missing)
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*KEYS, "rule", *VALUES])
+    lost = frame[frame["dice"].isna() & (frame["rule"] != BOTH_EMPTY)]
+    unscored = sorted(set(zip(lost["run_id"], lost["case_id"], lost["class"])))
+    return CaseData(frame[[*KEYS, *VALUES]], missing, unscored)

@@ -10,17 +10,23 @@ from .cases import CaseData, load_cases
 from .model import Block, Stat, Table, as_run_line, empty_asd_line, footnote, measured_cell, published_cell
 from .runs import (LATER_LABEL, LATER_REFERENCE, PAPER, PUBLISHED_LABEL, REPORTED, class_order, column_values,
                    display_name, is_main_variant, method_order, read_reference, reference_name, setting_order)
-from .significance import ci_of, mark_grid, statistics_lines
+from .significance import METRICS, Family, ci_of, is_bound, mark_grid, statistics_lines
+from ssl_bench.stats import MIN_RUNS
+
+#: the reference of the paired table (``--compare-to``) when none is named
+DEFAULT_REFERENCE = "unet-l"
 
 
 def main_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, with_published: bool = False,
                 methods: Sequence[str] | None = None, warn=None, ci: bool = False,
-                results_root: Path | None = None) -> list[Table]:
+                results_root: Path | None = None, compare_to: str | None = None,
+                min_runs: int = MIN_RUNS) -> list[Table]:
     """One table per (dataset, protocol) (see the module docstring). ``methods`` limits the
     published rows, which are placed only beside runs of the protocol that produced them
     (``Protocol.published``); otherwise ``warn`` (a callable) is told why they are left out.
     Bold marks and ``ci`` intervals come from the runs' per-case results (``cases``; run dirs
-    that moved are looked up under ``results_root``)."""
+    that moved are looked up under ``results_root``); the Holm family includes the paired
+    table against ``compare_to`` (``paired_reference``), so the two never disagree."""
     from ssl_bench.protocols import protocol_by_tag
 
     runs = runs[runs.apply(is_main_variant, axis=1)] if len(runs) else runs
@@ -35,7 +41,11 @@ def main_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, with_published: 
             row_header="Method", columns=[class_label(c) for _, c in cols], groups=column_groups(cols))
         table.protocol = ptag
         cases = load_cases(d, per_method, results_root)
-        stats_lines = _measured_block(table, d, cols, per_method, dataset, cases, ci)
+        if warn is not None:
+            for line in missing_warnings(d, cases):
+                warn(f"{dataset}, protocol {ptag}: {line}")
+        stats_lines = _measured_block(table, d, cols, per_method, dataset, cases, ci,
+                                      paired_reference(d, compare_to), min_runs)
         extra = []
         if with_published:
             proto = protocol_by_tag(ptag)
@@ -86,11 +96,23 @@ def class_label(c: str) -> str:
     return "Average" if c == "mean" else c
 
 
-def _measured_block(table: Table, runs: pd.DataFrame, cols: list[tuple[str, str]],
-                    per_method: Mapping[str, str], dataset: str, cases: CaseData, ci: bool) -> list[str]:
-    """The measured rows; returns the footnote's statistics lines."""
-    methods = sorted(runs["method"].unique(), key=lambda m: method_order(display_name(m)))
-    grid, cells = [], []  # [method][column] -> (dice, asd) and the cell's per-case rows
+def paired_reference(runs: pd.DataFrame, compare_to: str | None) -> str | None:
+    """The reference of the paired table: ``compare_to``, else UNet-L where it was run; None for
+    ``none`` or a reference without runs here."""
+    if (compare_to or "").lower() == "none":
+        return None
+    ref = compare_to or DEFAULT_REFERENCE
+    return ref if ref in set(runs["method"]) else None
+
+
+def ordered_methods(runs: pd.DataFrame) -> list[str]:
+    return sorted(runs["method"].unique(), key=lambda m: method_order(display_name(m)))
+
+
+def measured_grid(runs: pd.DataFrame, cols: list[tuple[str, str]], per_method: Mapping[str, str],
+                  methods: Sequence[str], cases: CaseData):
+    """[method][column] -> (DSC, ASD) stats from MLflow, and the cell's per-case rows."""
+    grid, cells = [], []
     for m in methods:
         r = runs[runs["method"] == m]
         ckpt = per_method[m]
@@ -102,7 +124,60 @@ def _measured_block(table: Table, runs: pd.DataFrame, cols: list[tuple[str, str]
             cell_row.append(cases.cell(rs["run_id"], c))
         grid.append(row)
         cells.append(cell_row)
-    flags, tests = mark_grid(grid, cells)
+    return grid, cells
+
+
+def table_family(runs: pd.DataFrame, cols, per_method, cases: CaseData, reference: str | None,
+                 min_runs: int = MIN_RUNS) -> Family:
+    """The Holm family of a (dataset, protocol): every best-vs-runner-up comparison of the main
+    table and, with a ``reference``, every method against it (the paired table)."""
+    from .significance import runner_up_pairs
+
+    ptag = str(runs["protocol_tag"].iloc[0]) if "protocol_tag" in runs and len(runs) else None
+    methods = ordered_methods(runs)
+    grid, cells = measured_grid(runs, cols, per_method, methods, cases)
+    competes = [not is_bound(m, ptag) for m in methods]
+    family = Family(min_runs=min_runs)
+    for j in range(len(cols)):
+        at = lambda m, j=j: cells[methods.index(m)][j]  # noqa: E731
+        for k, metric in enumerate(METRICS):
+            pair = runner_up_pairs([grid[i][j][k] for i in range(len(methods))], j, metric, competes)
+            if pair is not None:
+                family.add(j, metric, methods[pair[0]], methods[pair[1]], at)
+            if reference is not None:
+                for m in methods:
+                    if m != reference:
+                        family.add(j, metric, m, reference, at)
+    return family.correct()
+
+
+def run_label(run) -> str:
+    return f"{display_name(run['method'])} {run['setting']} seed {run['seed']} split {run['split_seed']}"
+
+
+def missing_runs(runs: pd.DataFrame, cases: CaseData) -> list[str]:
+    lacking = set(cases.lacking(runs["run_id"]))
+    return [run_label(r) for _, r in runs.iterrows() if str(r["run_id"]) in lacking]
+
+
+def missing_warnings(runs: pd.DataFrame, cases: CaseData) -> list[str]:
+    lost = missing_runs(runs, cases)
+    return [f"no per-case results for {len(lost)} run(s), left out of the tests and intervals: "
+            f"{', '.join(lost)}"] if lost else []
+
+
+def _measured_block(table: Table, runs: pd.DataFrame, cols: list[tuple[str, str]],
+                    per_method: Mapping[str, str], dataset: str, cases: CaseData, ci: bool,
+                    reference: str | None = None, min_runs: int = MIN_RUNS) -> list[str]:
+    """The measured rows; returns the footnote's statistics lines."""
+    methods = ordered_methods(runs)
+    grid, cells = measured_grid(runs, cols, per_method, methods, cases)
+    family = table_family(runs, cols, per_method, cases, reference, min_runs)
+    bounds = [m for m in methods if is_bound(m, table.protocol)]
+    flags, tests = mark_grid(grid, cells, methods, [m not in bounds for m in methods], family)
+    # too few paired runs: the cell says so (missing per-case results are named in the footnote)
+    notes = {(t.metric, t.column, t.best): f"not tested: {t.why_untested}" for t in tests
+             if not t.test.tested and t.result is not None}
     block = Block(None)
     for i, m in enumerate(methods):
         row_cells = []
@@ -110,14 +185,17 @@ def _measured_block(table: Table, runs: pd.DataFrame, cols: list[tuple[str, str]
             dice, asd = grid[i][j]
             intervals = (ci_of(cells[i][j], "dice"), ci_of(cells[i][j], "asd_vox")) if ci else (None, None)
             bold = (flags["dice"][j][i], flags["asd_vox"][j][i])
-            row_cells.append(measured_cell(dice, asd, *bold, *intervals))
+            row_cells.append(measured_cell(dice, asd, *bold, *intervals, notes.get(("dice", j, i), ""),
+                                           notes.get(("asd_vox", j, i), "")))
             rec = cell_record("measured", dataset, s, m, display_name(m), c, per_method[m], dice, asd, *bold)
             if ci:
                 rec |= interval_fields(*intervals)
-            table.records.append(rec | {"protocol": table.protocol})
+            table.records.append(rec | {"protocol": table.protocol, "reference_row": m in bounds})
         block.rows.append((display_name(m), row_cells))
     table.blocks.append(block)
-    return statistics_lines(runs, tests, len(cases.lacking(runs["run_id"])), ci)
+    return statistics_lines(runs, tests, missing_runs(runs, cases), ci, family=family,
+                            bounds=[display_name(m) for m in bounds], unscored=cases.unscored,
+                            paired_with=display_name(reference) if reference else None)
 
 
 def interval_fields(dice_ci, asd_ci) -> dict:

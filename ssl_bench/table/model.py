@@ -37,16 +37,18 @@ def fmt_ci(ci: tuple[float, float] | None, digits: int) -> str:
 
 
 def measured_cell(dice: Stat | None, asd: Stat | None, dice_bold: bool, asd_bold: bool,
-                  dice_ci: tuple[float, float] | None = None, asd_ci: tuple[float, float] | None = None
-                  ) -> list[Seg]:
-    """``DSC / ASD (n=...)``, each mean±std, with its confidence interval when given."""
+                  dice_ci: tuple[float, float] | None = None, asd_ci: tuple[float, float] | None = None,
+                  dice_note: str = "", asd_note: str = "") -> list[Seg]:
+    """``DSC / ASD (n=...)``, each mean±std, with its confidence interval when given; a note
+    (e.g. why the column's best was not tested) follows its value."""
     if dice is None and asd is None:
         return [("—", False)]
     n = dice.n if dice else asd.n
     tail = f" (n={n})" if not (dice and asd) or asd.n == dice.n else f" (n={n}; ASD n={asd.n})"
+    note = lambda text: f" ({text})" if text else ""  # noqa: E731
     return [(fmt_stat(dice, DICE_DIGITS) if dice else "—", dice_bold), (fmt_ci(dice_ci, DICE_DIGITS), False),
-            (" / ", False), (fmt_stat(asd, ASD_DIGITS) if asd else "—", asd_bold),
-            (fmt_ci(asd_ci, ASD_DIGITS), False), (tail, False)]
+            (note(dice_note), False), (" / ", False), (fmt_stat(asd, ASD_DIGITS) if asd else "—", asd_bold),
+            (fmt_ci(asd_ci, ASD_DIGITS), False), (note(asd_note), False), (tail, False)]
 
 
 def published_cell(dice: str | None, asd: str | None) -> list[Seg]:
