@@ -97,11 +97,23 @@ def run_name(spec: RunSpec, resolved: dict) -> str:
 
 # -- helpers -----------------------------------------------------------------------------------
 def pick_device(name: str) -> torch.device:
+    """The run's device. ``auto`` is CUDA where available, else the CPU, except in a sweep's GPU
+    slot (``SSL_BENCH_GPU_SLOT``), where a job that sees no GPU is an error naming the slot and its
+    ``CUDA_VISIBLE_DEVICES``; ``cuda`` without CUDA is always an error (never a silent CPU run)."""
+    slot = os.environ.get("SSL_BENCH_GPU_SLOT")
+    where = (f"sweep slot {slot!r} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
+             if slot else "this machine")
     if name == "auto":
+        if slot and not torch.cuda.is_available():
+            raise ValueError(f"{where}: this job sees no GPU, so it would train on the CPU; check the id with "
+                             "`nvidia-smi -L` and the sweep's --gpus, or run the sweep with --gpus none")
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--set device={name}: CUDA is not available on this machine; use device=cpu")
+        raise ValueError(f"--set device={name}: CUDA is not available on {where}; use device=cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--set device={name}: {where} sees {torch.cuda.device_count()} GPU(s); "
+                         f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 
