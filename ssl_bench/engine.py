@@ -117,13 +117,33 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
+STRICT_VAR = "SSL_BENCH_DETERMINISTIC"  # "strict": bit-identical CUDA runs (seed_everything)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch (every device). ``deterministic`` (the default) fixes cuDNN's
+    algorithm choice, which makes CPU runs bit-identical and a resumed run equal an uninterrupted
+    one there. On a GPU that is not enough: some backward kernels (bilinear upsampling,
+    ``grid_sample``, adaptive pooling, ``index_put`` with accumulation) add in a varying order, and
+    cuBLAS needs a fixed workspace. ``SSL_BENCH_DETERMINISTIC=strict`` asks for all of it:
+    ``torch.use_deterministic_algorithms(True, warn_only=True)`` (a kernel with no deterministic
+    version warns instead of failing) and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (set here unless
+    given; it must be set before the first cuBLAS call, so set it in the shell when in doubt).
+    Slower; a switch, not the default."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+    mode = os.environ.get(STRICT_VAR, "").strip().lower()
+    if mode not in ("", "strict", "0", "off"):
+        raise ValueError(f"{STRICT_VAR}={mode!r}: use strict (bit-identical CUDA runs) or leave it unset")
+    if mode == "strict":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def stage_iterations(stages, total: int) -> list[int]:
@@ -287,10 +307,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
                     for k, o in aux_opts.items():
                         o.load_state_dict(resume["aux_optimizers"][k])
                     scaler.load_state_dict(resume["scaler"])
-                g.set_state(resume["rng"]["sampler"])
-                torch.set_rng_state(resume["rng"]["torch"])
-                if ctx.generator is not None and "method" in resume["rng"]:
-                    ctx.generator.set_state(resume["rng"]["method"])
+                restore_rng(resume["rng"], g, ctx.generator)
                 method.load_extra_state(resume.get("method_state", {}))
                 resume = None
             if start == 0:  # after the resume block: a stage-start hook sees the loaded weights
@@ -420,14 +437,39 @@ def _load_modules(method, states: dict) -> None:
         mods[k].load_state_dict(sd)
 
 
+def rng_state(sampler: torch.Generator, method_generator: torch.Generator | None) -> dict:
+    """Every random state a resumed run needs: the sampler's and the method's generators, torch's
+    CPU RNG and, where CUDA is in use, the CUDA RNG of every device (dropout, input and feature
+    noise drawn on the GPU come from it)."""
+    out = {"sampler": sampler.get_state(), "torch": torch.get_rng_state()}
+    if method_generator is not None:
+        out["method"] = method_generator.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def restore_rng(saved: dict, sampler: torch.Generator, method_generator: torch.Generator | None) -> None:
+    """Undo ``rng_state``. States come back as CPU byte tensors whatever ``map_location`` the
+    checkpoint was loaded with (torch's setters take nothing else). A checkpoint written with
+    CUDA and resumed without it (or the reverse) resumes with the RNGs it can restore."""
+    sampler.set_state(saved["sampler"].cpu())
+    torch.set_rng_state(saved["torch"].cpu())
+    if method_generator is not None and "method" in saved:
+        method_generator.set_state(saved["method"].cpu())
+    if saved.get("cuda") is not None and torch.cuda.is_available():
+        states = [t.cpu() for t in saved["cuda"]][:torch.cuda.device_count()]
+        for index, state in enumerate(states):
+            torch.cuda.set_rng_state(state, index)
+
+
 def _save_latest(path, method, opt, aux_opts, scaler, g, ctx, state) -> None:
     atomic_torch_save({
         "modules": {k: m.state_dict() for k, m in method.modules().items()},
         "optimizer": opt.state_dict(),
         "aux_optimizers": {k: o.state_dict() for k, o in aux_opts.items()},
         "scaler": scaler.state_dict(),
-        "rng": {"sampler": g.get_state(), "torch": torch.get_rng_state(),
-                **({"method": ctx.generator.get_state()} if ctx.generator is not None else {})},
+        "rng": rng_state(g, ctx.generator),
         "method_state": method.extra_state(),
         "state": dict(state),
     }, path)
