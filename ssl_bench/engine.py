@@ -117,6 +117,27 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
+def default_threads() -> int:
+    """CPU threads when ``threads`` is 0: ``OMP_NUM_THREADS`` where set (a sweep's slots set it),
+    else the cores this process may use that the load average leaves free, at least one. Beside
+    busy neighbours, OpenMP threads that wait for a taken core cost far more than they bring
+    (``ssl-bench bench threads``; README "Speed"); on an idle machine this is every core."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def run_threads(cfg: TrainConfig) -> int:
+    """The CPU threads a run uses: ``threads`` when set, else ``default_threads()``."""
+    return cfg.threads if cfg.threads > 0 else default_threads()
+
+
 STRICT_VAR = "SSL_BENCH_DETERMINISTIC"  # "strict": bit-identical CUDA runs (seed_everything)
 
 
@@ -216,8 +237,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
         run.split.save(split_path)
     write_json(run_dir / "config.json", run.resolved)
 
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(run_threads(cfg))
     seed_everything(spec.seed, cfg.deterministic)
     aug = Augmenter(cfg.augment)
     from ssl_bench.methods.base import MethodContext
@@ -394,12 +414,13 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
 
 
 def eval_workers(cfg: TrainConfig) -> int:
-    """Processes that score cases: ``eval_workers``, or one per core this run may use (its
-    ``threads`` when set: a sweep's one-thread jobs score serially, not on their neighbours' cores)."""
+    """Processes that score cases: ``eval_workers``, or one per thread this run uses
+    (``run_threads``: a sweep's one-thread jobs score serially, and a GPU slot's jobs use the
+    cores ``OMP_NUM_THREADS`` gives them, not one process per core each)."""
     if cfg.eval_workers > 0:
         return cfg.eval_workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(cfg.threads, cores) if cfg.threads > 0 else cores
+    return min(run_threads(cfg), cores)
 
 
 def same_weights(a: dict, b: dict) -> bool:

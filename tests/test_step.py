@@ -156,6 +156,14 @@ class _CountingBackend:
         return run
 
 
+def test_urpc_which_calls_forward_features_runs_through_compiled_graphs(monkeypatch):
+    backend = _CountingBackend()
+    monkeypatch.setattr(step_mod, "COMPILE_BACKEND", backend)
+    torch._dynamo.reset()
+    assert all(n > 0 for n in _step_calls_into_compiled_graphs("urpc", backend).values())
+
+
+@pytest.mark.slow  # dynamo traces every method's networks: minutes on 2 shared cores
 def test_every_stage_of_every_method_runs_through_compiled_graphs(monkeypatch):
     """``compile=true`` compiles what the step calls (issue 18): ACTION, CCT, URPC, GCL and SCS
     reach the backbone through ``forward_features``/``encode``/``decode``, never ``forward``, so

@@ -40,8 +40,11 @@ def run(
         fail(str(exc))
     spec = prepared.spec
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    threads = engine.run_threads(prepared.train_cfg)
     console.print(f"[bold]{method}[/] on [bold]{dataset}[/] ({spec.setting}, seed {seed}, split seed {split_seed}): "
-                  f"protocol {protocol}, {prepared.train_cfg.total_iterations} iterations at {prepared.image_size}px -> {prepared.run_dir}")
+                  f"protocol {protocol}, {prepared.train_cfg.total_iterations} iterations at {prepared.image_size}px, "
+                  f"{threads} CPU thread(s){'' if prepared.train_cfg.threads else ' (free cores; --set threads=N to choose)'}"
+                  f" -> {prepared.run_dir}")
     try:
         result = engine.fit(prepared, tracking_uri=uri, progress=progress, force=force, console=console)
     except engine.TrainingDiverged as exc:
