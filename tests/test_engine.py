@@ -290,3 +290,16 @@ def test_strict_determinism_switch(monkeypatch):
     monkeypatch.delenv("SSL_BENCH_DETERMINISTIC")
     engine.seed_everything(0, True)
     assert len(calls) == 1
+
+
+def test_default_threads_are_the_free_cores_or_omp_num_threads(monkeypatch):
+    from ssl_bench.runconfig import TrainConfig
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: set(range(8)))
+    for load, expected in ((0.2, 8), (2.6, 5), (7.9, 1), (40.0, 1)):
+        monkeypatch.setattr(engine.os, "getloadavg", lambda load=load: (load, load, load))
+        assert engine.default_threads() == expected
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a sweep slot's share
+    assert engine.default_threads() == 3 and engine.run_threads(TrainConfig()) == 3
+    assert engine.run_threads(TrainConfig(threads=2)) == 2 and engine.eval_workers(TrainConfig()) == 3

@@ -184,7 +184,7 @@ def bench_threads(
     image_size: int = typer.Option(64, help="slice side in pixels"),
     batch: int = typer.Option(6, help="labeled (and as many unlabeled) slices per step"),
     steps: int = typer.Option(3, help="timed steps per method and candidate (after one untimed)"),
-    timeout_s: float = typer.Option(90.0, help="seconds a candidate may take before it is recorded as not done"),
+    timeout_s: float = typer.Option(300.0, help="seconds each wait policy's process may take"),
     out_dir: Path = OUT,
 ):
     """CPU step time under each thread policy beside busy neighbours (the choice of run's default)."""
