@@ -206,8 +206,10 @@ class FifoBank:
     def state(self) -> torch.Tensor | None:
         return None if self.items is None else self.items.cpu()
 
-    def load(self, items: torch.Tensor | None) -> None:
-        self.items = None if items is None else items.detach().float()
+    def load(self, items: torch.Tensor | None, device: torch.device | None = None) -> None:
+        """Restore ``state()``'s rows on ``device`` (the networks' device: a checkpoint or the
+        compile fallback's rollback keeps them on the CPU, and the next query is on the device)."""
+        self.items = None if items is None else items.detach().float().to(device or items.device)
 
 
 @register_method("action", description="ACTION: global/local contrastive distillation, then AnCo fine-tuning",
@@ -312,8 +314,9 @@ class Action(Method):
 
     def load_extra_state(self, state: dict) -> None:
         super().load_extra_state(state)
-        self.global_bank.load(state.get("global_bank"))
-        self.local_bank.load(state.get("local_bank"))
+        device = next(self.net.parameters()).device
+        self.global_bank.load(state.get("global_bank"), device)
+        self.local_bank.load(state.get("local_bank"), device)
 
     # -- views ------------------------------------------------------------------------------
     def _independent_views(self, batch):

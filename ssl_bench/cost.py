@@ -14,7 +14,9 @@ that worked on the run. The summary is the ``cost`` member of ``metrics.json``:
                            on a CPU-only machine)
 ``peak_gpu_allocated_mb``, ``peak_gpu_reserved_mb``   ``torch.cuda.max_memory_allocated`` /
                            ``max_memory_reserved`` in MiB (CUDA only, else null)
-``peak_host_rss_mb``       ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` in MiB
+``peak_host_rss_mb``       the peak resident size in MiB (``VmHWM``, else ``ru_maxrss``)
+
+The peaks are reset when the meter is made (``reset_peaks``), so each counts this run only.
 
 In MLflow they are the metrics ``cost/<key>`` and ``cost/stage_seconds/<stage>``
 (``ssl_bench.tracking.cost_metrics``), beside the test metrics.
@@ -38,9 +40,30 @@ def device_name(device: torch.device) -> str:
 
 
 def host_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process in MiB since the last ``reset_peaks``: Linux's
+    ``VmHWM``, else ``ru_maxrss`` (the process's lifetime peak; KiB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def reset_peaks(device: torch.device) -> None:
+    """Start the peaks afresh: CUDA's peak-memory statistics of ``device`` and (Linux) the peak
+    resident size, so that a run or a bench section reports its own peak, not an earlier one of
+    the same process (a card's step bench before its training runs)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident size
+    except OSError:
+        pass
 
 
 def _max(a: float | None, b: float | None) -> float | None:
@@ -59,6 +82,7 @@ class CostMeter:
                                                        "peak_host_rss_mb")}
         self._stage: str | None = None
         self._t0 = 0.0
+        reset_peaks(device)  # this attempt's peaks; earlier attempts' come from ``saved``
 
     def start_stage(self, name: str) -> None:
         self._stage, self._t0 = name, time.perf_counter()

@@ -97,21 +97,74 @@ def run_name(spec: RunSpec, resolved: dict) -> str:
 
 # -- helpers -----------------------------------------------------------------------------------
 def pick_device(name: str) -> torch.device:
+    """The run's device. ``auto`` is CUDA where available, else the CPU, except in a sweep's GPU
+    slot (``SSL_BENCH_GPU_SLOT``), where a job that sees no GPU is an error naming the slot and its
+    ``CUDA_VISIBLE_DEVICES``; ``cuda`` without CUDA is always an error (never a silent CPU run)."""
+    slot = os.environ.get("SSL_BENCH_GPU_SLOT")
+    where = (f"sweep slot {slot!r} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
+             if slot else "this machine")
     if name == "auto":
+        if slot and not torch.cuda.is_available():
+            raise ValueError(f"{where}: this job sees no GPU, so it would train on the CPU; check the id with "
+                             "`nvidia-smi -L` and the sweep's --gpus, or run the sweep with --gpus none")
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--set device={name}: CUDA is not available on this machine; use device=cpu")
+        raise ValueError(f"--set device={name}: CUDA is not available on {where}; use device=cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--set device={name}: {where} sees {torch.cuda.device_count()} GPU(s); "
+                         f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 
+def default_threads() -> int:
+    """CPU threads when ``threads`` is 0: ``OMP_NUM_THREADS`` where set (a sweep's slots set it),
+    else the cores this process may use that the load average leaves free, at least one. Beside
+    busy neighbours, OpenMP threads that wait for a taken core cost far more than they bring
+    (``ssl-bench bench threads``; README "Speed"); on an idle machine this is every core."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def run_threads(cfg: TrainConfig) -> int:
+    """The CPU threads a run uses: ``threads`` when set, else ``default_threads()``."""
+    return cfg.threads if cfg.threads > 0 else default_threads()
+
+
+STRICT_VAR = "SSL_BENCH_DETERMINISTIC"  # "strict": bit-identical CUDA runs (seed_everything)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch (every device). ``deterministic`` (the default) fixes cuDNN's
+    algorithm choice, which makes CPU runs bit-identical and a resumed run equal an uninterrupted
+    one there. On a GPU that is not enough: some backward kernels (bilinear upsampling,
+    ``grid_sample``, adaptive pooling, ``index_put`` with accumulation) add in a varying order, and
+    cuBLAS needs a fixed workspace. ``SSL_BENCH_DETERMINISTIC=strict`` asks for all of it:
+    ``torch.use_deterministic_algorithms(True, warn_only=True)`` (a kernel with no deterministic
+    version warns instead of failing) and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (set here unless
+    given; it must be set before the first cuBLAS call, so set it in the shell when in doubt).
+    Slower; a switch, not the default."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+    mode = os.environ.get(STRICT_VAR, "").strip().lower()
+    if mode not in ("", "strict", "0", "off"):
+        raise ValueError(f"{STRICT_VAR}={mode!r}: use strict (bit-identical CUDA runs) or leave it unset")
+    if mode == "strict":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def stage_iterations(stages, total: int) -> list[int]:
@@ -184,8 +237,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
         run.split.save(split_path)
     write_json(run_dir / "config.json", run.resolved)
 
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(run_threads(cfg))
     seed_everything(spec.seed, cfg.deterministic)
     aug = Augmenter(cfg.augment)
     from ssl_bench.methods.base import MethodContext
@@ -279,10 +331,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
                     for k, o in aux_opts.items():
                         o.load_state_dict(resume["aux_optimizers"][k])
                     scaler.load_state_dict(resume["scaler"])
-                g.set_state(resume["rng"]["sampler"])
-                torch.set_rng_state(resume["rng"]["torch"])
-                if ctx.generator is not None and "method" in resume["rng"]:
-                    ctx.generator.set_state(resume["rng"]["method"])
+                restore_rng(resume["rng"], g, ctx.generator)
                 method.load_extra_state(resume.get("method_state", {}))
                 resume = None
             if start == 0:  # after the resume block: a stage-start hook sees the loaded weights
@@ -370,12 +419,13 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
 
 
 def eval_workers(cfg: TrainConfig) -> int:
-    """Processes that score cases: ``eval_workers``, or one per core this run may use (its
-    ``threads`` when set: a sweep's one-thread jobs score serially, not on their neighbours' cores)."""
+    """Processes that score cases: ``eval_workers``, or one per thread this run uses
+    (``run_threads``: a sweep's one-thread jobs score serially, and a GPU slot's jobs use the
+    cores ``OMP_NUM_THREADS`` gives them, not one process per core each)."""
     if cfg.eval_workers > 0:
         return cfg.eval_workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(cfg.threads, cores) if cfg.threads > 0 else cores
+    return min(run_threads(cfg), cores)
 
 
 def same_weights(a: dict, b: dict) -> bool:
@@ -414,14 +464,39 @@ def _load_modules(method, states: dict) -> None:
         mods[k].load_state_dict(sd)
 
 
+def rng_state(sampler: torch.Generator, method_generator: torch.Generator | None) -> dict:
+    """Every random state a resumed run needs: the sampler's and the method's generators, torch's
+    CPU RNG and, where CUDA is in use, the CUDA RNG of every device (dropout, input and feature
+    noise drawn on the GPU come from it)."""
+    out = {"sampler": sampler.get_state(), "torch": torch.get_rng_state()}
+    if method_generator is not None:
+        out["method"] = method_generator.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def restore_rng(saved: dict, sampler: torch.Generator, method_generator: torch.Generator | None) -> None:
+    """Undo ``rng_state``. States come back as CPU byte tensors whatever ``map_location`` the
+    checkpoint was loaded with (torch's setters take nothing else). A checkpoint written with
+    CUDA and resumed without it (or the reverse) resumes with the RNGs it can restore."""
+    sampler.set_state(saved["sampler"].cpu())
+    torch.set_rng_state(saved["torch"].cpu())
+    if method_generator is not None and "method" in saved:
+        method_generator.set_state(saved["method"].cpu())
+    if saved.get("cuda") is not None and torch.cuda.is_available():
+        states = [t.cpu() for t in saved["cuda"]][:torch.cuda.device_count()]
+        for index, state in enumerate(states):
+            torch.cuda.set_rng_state(state, index)
+
+
 def _save_latest(path, method, opt, aux_opts, scaler, g, ctx, state) -> None:
     atomic_torch_save({
         "modules": {k: m.state_dict() for k, m in method.modules().items()},
         "optimizer": opt.state_dict(),
         "aux_optimizers": {k: o.state_dict() for k, o in aux_opts.items()},
         "scaler": scaler.state_dict(),
-        "rng": {"sampler": g.get_state(), "torch": torch.get_rng_state(),
-                **({"method": ctx.generator.get_state()} if ctx.generator is not None else {})},
+        "rng": rng_state(g, ctx.generator),
         "method_state": method.extra_state(),
         "state": dict(state),
     }, path)

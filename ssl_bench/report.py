@@ -57,7 +57,7 @@ def _tables(runs: pd.DataFrame, root: Path, checkpoint: str, compare_to: str | N
 
 
 def _figures(runs: pd.DataFrame, root: Path, data_root: Path, checkpoint: str, work: Path):
-    from ssl_bench.cli.common import user_errors
+    from ssl_bench.errors import user_errors
 
     makers = {
         "curves": lambda: figures.curves(runs, work, root),

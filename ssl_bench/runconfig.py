@@ -53,8 +53,9 @@ class TrainConfig:
     log_every: int = 10
     amp: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # CPU threads for torch (0 = torch's default). On a 2-core machine shared with another job,
-    # 1 thread per process is ~10x faster than 2 threads that fight for a busy core.
+    # CPU threads for torch (0 = engine.default_threads(): OMP_NUM_THREADS, else the free cores).
+    # On a 2-core machine shared with another job, 1 thread per process is ~10x faster than 2
+    # threads that fight for a busy core.
     threads: int = 0
     deterministic: bool = True
     eval_batch_size: int = 16

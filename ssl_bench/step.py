@@ -13,8 +13,9 @@ loop therefore never reads a value in its hot path:
 * ``StepRunner`` runs ``training_step`` under autocast (bfloat16 by default: no gradient scaler,
   whose inf check is itself a synchronisation; float16 uses the scaler), backward, the main and
   auxiliary optimiser steps and the EMA hook;
-* ``prepare_modules`` puts the networks in ``channels_last`` memory format and compiles them
-  with ``torch.compile`` when asked. A compilation that fails (no compiler, an unsupported op)
+* ``prepare_modules`` puts the networks in ``channels_last`` memory format and compiles, with
+  ``torch.compile``, the units each step calls (``compile_units``: a backbone's encoder and
+  decoder, the heads), not the networks' ``forward``, which several methods never call. A compilation that fails (no compiler, an unsupported op)
   happens on the first call, so the runner guards the first step of every stage: on failure it
   warns, rolls the step back (weights, optimisers, RNG, method state), and reruns it without
   compilation.
@@ -89,19 +90,56 @@ def amp_settings(device: torch.device, amp: bool, amp_dtype: str) -> tuple[torch
     return dtype, amp and dtype == torch.float16
 
 
+def compile_units(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The submodules of ``module`` whose calls a step makes, to be compiled.
+
+    Compiling a network's ``__call__`` compiles nothing when a method reaches its layers through
+    other entry points (``backbone.forward_features``, ``encode``/``decode``, ``global_embedding``,
+    ``rep_head.at_points``: ACTION, CCT, URPC, GCL, SCS). So a backbone names its units
+    (``compile_units()``: the U-Net's encoder and decoder, every path of which goes through them),
+    a module holding a backbone is searched below, a container (``ModuleDict``/``ModuleList``, or a
+    module without ``forward``) is searched through its children, and any other module (a head,
+    a predictor, a discriminator) is a unit itself."""
+    units = getattr(module, "compile_units", None)
+    if callable(units):
+        return list(units())
+    children = list(module.children())
+    holds_units = any(callable(getattr(m, "compile_units", None)) for c in children for m in c.modules())
+    if holds_units or type(module).forward is torch.nn.Module.forward:
+        return [u for c in children for u in compile_units(c)]
+    return [module]
+
+
+def compile_backend():
+    return COMPILE_BACKEND or os.environ.get("SSL_BENCH_COMPILE_BACKEND", "inductor")
+
+
 def prepare_modules(method, channels_last: bool, compile: bool) -> bool:
-    """Apply the memory format and compilation to every network; returns whether compiled."""
+    """Apply the memory format to every network and compile the units each step calls
+    (``compile_units``); returns whether compiled."""
+    seen: set[int] = set()
     for module in method.modules().values():
         if channels_last:
             module.to(memory_format=torch.channels_last)
         if compile:
-            module.compile(backend=COMPILE_BACKEND or os.environ.get("SSL_BENCH_COMPILE_BACKEND", "inductor"))
+            for unit in compile_units(module):
+                if id(unit) not in seen:  # a unit shared by two networks is compiled once
+                    seen.add(id(unit))
+                    unit.compile(backend=compile_backend())
     return compile
 
 
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (its ``unique_graphs`` counter)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def uncompile(method) -> None:
-    for module in method.modules().values():
-        module._compiled_call_impl = None  # what nn.Module.compile() set; None = eager calls
+    for network in method.modules().values():
+        for module in network.modules():
+            module._compiled_call_impl = None  # what nn.Module.compile() set; None = eager calls
 
 
 class StepRunner:

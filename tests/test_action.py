@@ -375,3 +375,84 @@ def test_bad_ablation_or_augmentation_is_a_clear_error():
         tiny_setup("action", {"ablation": "no-foo"})
     with pytest.raises(ConfigError, match="student_aug='medium'"):
         tiny_setup("action", {"student_aug": "medium"})
+
+
+# -- the lean stage iii (issue 18): the numbers of the per-class sampling ------------------------
+def _random_pixels(seed, n_cls=4, b=3, h=24, w=24, dim=6):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(n_cls, (b, h, w), generator=g)
+    labels[0, :12] = 0  # a large class, so that its prototype pool skips the full permutation
+    probs = torch.rand(b, n_cls, h, w, generator=g).softmax(1)
+    valid = torch.rand(b, h, w, generator=g) > 0.1
+    emb = F.normalize(torch.randn(b * h * w, dim, generator=g), dim=1).requires_grad_(True)
+    return labels, valid, probs, emb
+
+
+@pytest.mark.parametrize("form,key_grad,pool", [("paper", True, 2), ("reco", False, 2), ("paper", True, 0),
+                                                ("reco", True, 500)])
+def test_lean_sampling_gives_the_numbers_of_the_per_class_sampling(form, key_grad, pool):
+    from anco_reference import sampled_anco as reference
+
+    for seed in range(3):
+        labels, valid, probs, emb = _random_pixels(seed)
+        runs = []
+        for fn in (sampled_anco, reference):
+            g = torch.Generator().manual_seed(seed + 10)
+            res = fn(lambda f: emb[f] * 1.0, labels, valid, probs, theta=0.5, tau=0.3, num_queries=5,
+                     num_negatives=9, prototype_pixels=pool, generator=g, form=form, key_grad=key_grad)
+            grad, = torch.autograd.grad(res.loss, emb)
+            runs.append((res, grad, g.get_state()))
+        (new, g_new, s_new), (old, g_old, s_old) = runs
+        assert new.classes == old.classes and new.n_hard == old.n_hard
+        assert torch.equal(new.loss, old.loss) and torch.equal(g_new, g_old)
+        assert all(torch.equal(a, b) for a, b in zip(new.query_index, old.query_index))
+        assert all(torch.equal(a, b) for a, b in zip(new.negative_index, old.negative_index))
+        assert torch.equal(s_new, s_old)  # the generator is left where it was: later draws agree too
+
+
+def test_permutation_head_is_randperm_without_the_permutation():
+    from ssl_bench.methods.action_losses import permutation_head
+
+    for size, n in ((10, 3), (5000, 7), (300_000, 512)):
+        g1, g2 = torch.Generator().manual_seed(size), torch.Generator().manual_seed(size)
+        assert torch.equal(permutation_head(size, n, g1), torch.randperm(size, generator=g2)[:n])
+        assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+
+
+def test_lean_stage_iii_step_equals_the_old_one_on_a_seed(monkeypatch):
+    import ssl_bench.methods.action as action_mod
+    from anco_reference import sampled_anco as reference
+
+    outs = []
+    for fn in (sampled_anco, reference):
+        monkeypatch.setattr(action_mod, "sampled_anco", fn)
+        torch.manual_seed(0)
+        method, batch = tiny_setup("action", seed=4)
+        method.set_stage("iii")
+        method.train(True)
+        out = method.training_step(batch, 3)
+        out.loss.backward()
+        outs.append((out, [p.grad.clone() for p in method.net.parameters() if p.grad is not None]))
+    (new, g_new), (old, g_old) = outs
+    assert float(new.terms["anco"]) > 0
+    assert torch.equal(new.loss, old.loss) and all(torch.equal(a, b) for a, b in zip(g_new, g_old))
+    assert {k: float(v) for k, v in new.terms.items()} == {k: float(v) for k, v in old.terms.items()}
+
+
+def test_similarities_stay_float32_under_bf16_autocast():
+    from ssl_bench.methods.action_losses import fp32
+
+    g = torch.Generator().manual_seed(0)
+    z_t, z_s, anchors = (torch.randn(8, 16, generator=g) for _ in range(3))
+    plain = distillation_kl(z_t, z_s, anchors, 0.01, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = distillation_kl(z_t, z_s, anchors, 0.01, 0.1)
+        inside = z_t @ anchors.T
+        with fp32(z_t):
+            outside = z_t @ anchors.T
+    assert inside.dtype == torch.bfloat16 and outside.dtype == torch.float32  # the probe of review C5
+    assert amp.dtype == torch.float32 and torch.equal(amp, plain)
+    q, pos, neg = torch.randn(5, 16, generator=g), torch.randn(1, 16, generator=g), torch.randn(7, 16, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp_anco = anco_loss([q], pos, [neg], 0.1, cosine=True)
+    assert torch.equal(amp_anco, anco_loss([q], pos, [neg], 0.1, cosine=True))

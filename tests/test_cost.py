@@ -101,3 +101,26 @@ def test_table_cost_sums_device_hours_per_method_and_device(tmp_path):
     res = CliRunner().invoke(app, ["table", "--cost", "--format", "md", "--results-root", str(root)])
     assert "1 run(s) of tiny-test, protocol paper-v1 have no cost record" in res.stdout
     assert "| MT | cpu | 256 px / 12+12 | 2 |" in res.stdout
+
+
+def test_peaks_are_reset_when_a_run_starts_mocked_cuda(monkeypatch):
+    """A run reports its own peak, not one of an earlier run or bench section of the process: the
+    meter resets CUDA's peak statistics of its device (mocked API: no GPU here) and the resident
+    high-water mark."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append(device))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2**20)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 4 * 2**20)
+    dev = torch.device("cuda", 1)
+    meter = cost.CostMeter(dev)
+    assert calls == [dev]
+    assert meter.peaks()["peak_gpu_allocated_mb"] == 3.0 and meter.peaks()["peak_gpu_reserved_mb"] == 4.0
+    cost.CostMeter(torch.device("cpu"))
+    assert calls == [dev]  # no CUDA call for a CPU run
+
+    big = torch.ones(64 * 2**20 // 4)  # 64 MiB resident, then freed
+    big.add_(1)
+    high = cost.host_rss_mb()
+    del big
+    cost.reset_peaks(torch.device("cpu"))
+    assert cost.host_rss_mb() < high - 32  # the high-water mark starts again from now

@@ -240,3 +240,66 @@ def test_best_and_last_are_scored_apart_when_they_differ(tmp_path, monkeypatch):
     res = engine.fit(run, progress=False)
     assert res.metrics["best_is_last"] is False and res.metrics["best_step"] == 3
     assert calls.count(list(run.split.test)) == 2
+
+
+def test_cuda_rng_of_every_device_round_trips_through_a_checkpoint(tmp_path, monkeypatch):
+    """Mocked CUDA API (no GPU here): the checkpoint holds every device's CUDA RNG state, and a
+    resume puts each back on its device as a CPU byte tensor."""
+    states = [torch.arange(16, dtype=torch.uint8), torch.arange(16, 32, dtype=torch.uint8)]
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.__setitem__(device, state))
+    g, method_g = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    saved = engine.rng_state(g, method_g)
+    engine.atomic_torch_save({"rng": saved}, tmp_path / "latest.pt")
+    expected = (torch.rand(3, generator=g), torch.rand(3, generator=method_g), torch.rand(3))
+
+    loaded = torch.load(tmp_path / "latest.pt", weights_only=False)["rng"]
+    g2, method_g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    torch.manual_seed(9)
+    engine.restore_rng(loaded, g2, method_g2)
+    assert sorted(restored) == [0, 1]
+    assert all(torch.equal(restored[i], states[i]) and restored[i].device.type == "cpu" for i in (0, 1))
+    got = (torch.rand(3, generator=g2), torch.rand(3, generator=method_g2), torch.rand(3))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+    # a checkpoint from a CPU run resumes on CUDA (nothing to restore there) and the reverse
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert "cuda" not in engine.rng_state(g, method_g)
+    restored.clear()
+    engine.restore_rng(engine.rng_state(g, method_g), g2, method_g2)
+    assert restored == {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    engine.restore_rng(saved, g2, method_g2)  # CUDA states saved, no CUDA now: the rest resumes
+    assert restored == {}
+
+
+def test_strict_determinism_switch(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on, warn_only=False: calls.append((on, warn_only)))
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setenv("SSL_BENCH_DETERMINISTIC", "strict")
+    engine.seed_everything(0, True)
+    assert calls == [(True, True)] and __import__("os").environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    monkeypatch.setenv("SSL_BENCH_DETERMINISTIC", "yes please")
+    with pytest.raises(ValueError, match="SSL_BENCH_DETERMINISTIC='yes please': use strict"):
+        engine.seed_everything(0, True)
+    monkeypatch.delenv("SSL_BENCH_DETERMINISTIC")
+    engine.seed_everything(0, True)
+    assert len(calls) == 1
+
+
+def test_default_threads_are_the_free_cores_or_omp_num_threads(monkeypatch):
+    from ssl_bench.runconfig import TrainConfig
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: set(range(8)))
+    for load, expected in ((0.2, 8), (2.6, 5), (7.9, 1), (40.0, 1)):
+        monkeypatch.setattr(engine.os, "getloadavg", lambda load=load: (load, load, load))
+        assert engine.default_threads() == expected
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a sweep slot's share
+    assert engine.default_threads() == 3 and engine.run_threads(TrainConfig()) == 3
+    assert engine.run_threads(TrainConfig(threads=2)) == 2 and engine.eval_workers(TrainConfig()) == 3

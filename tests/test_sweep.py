@@ -18,7 +18,7 @@ from ssl_bench.cli import app
 from ssl_bench.runconfig import RunSpec
 from ssl_bench.sweep import Job, expand, plan
 from ssl_bench.sweep.estimate import StepTimes
-from ssl_bench.sweep.local import cpu_slots, gpu_slots, make_slots, run_local
+from ssl_bench.sweep.local import cpu_slots, gpu_slots, make_slots, run_local, visible_gpus
 from ssl_bench.sweep.manifest import Manifest
 from ssl_bench.sweep.status import job_status, last_line, last_step
 
@@ -148,11 +148,13 @@ def test_estimates_prefer_finished_runs_then_the_bench_csv_then_steps_json_and_s
 
 
 # -- local slots -----------------------------------------------------------------------------------
-def test_slots():
+def test_slots(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     slots = gpu_slots(["3", "7"], jobs_per_gpu=2, cpu_count=8)
     assert [s.name for s in slots] == ["gpu 3 #1", "gpu 7 #1", "gpu 3 #2", "gpu 7 #2"]
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["3", "7", "3", "7"]
     assert {s.env["OMP_NUM_THREADS"] for s in slots} == {"2"}
+    assert [s.env["SSL_BENCH_GPU_SLOT"] for s in slots] == [s.name for s in slots]
     assert [s.env for s in cpu_slots(2)] == [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
                                               "MKL_NUM_THREADS": "1"}] * 2
     assert make_slots("0,1", 1)[1] == "cuda" and make_slots("none", cpu_jobs=3)[0] == cpu_slots(3)
@@ -180,7 +182,61 @@ def _manifest(tmp_path, jobs: dict[str, list[str]]) -> Manifest:
     return Manifest(folder / "manifest.json", data)
 
 
-def test_local_slots_are_never_oversubscribed_and_each_job_sees_only_its_device(tmp_path):
+def test_gpu_ids_map_through_an_inherited_cuda_visible_devices(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    slots, device = make_slots("0,1", 1)
+    assert device == "cuda" and [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["3", "5"]
+    assert [s.name for s in slots] == ["gpu 0 (CUDA_VISIBLE_DEVICES=3)", "gpu 1 (CUDA_VISIBLE_DEVICES=5)"]
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = _manifest(tmp_path, {n: [sys.executable, "-c", RECORD, str(out / f"{n}.json")] for n in ("a", "b")})
+    assert run_local(manifest, ["a", "b"], slots, poll_s=0.05) == {"a": 0, "b": 0}
+    assert sorted(json.loads((out / f"{n}.json").read_text())["device"] for n in ("a", "b")) == ["3", "5"]
+    # UUIDs pass through by position; an id past the inherited list, or a list that hides every GPU, is refused
+    assert visible_gpus(["1"], "GPU-aa, GPU-bb") == ["GPU-bb"]
+    with pytest.raises(ValueError, match=r"GPU id 2 is not among the 2 GPU\(s\) this shell sees \(CUDA_VISIBLE_DEVICES='3,5'"):
+        make_slots("0,2", 1)
+    with pytest.raises(ValueError, match="hides every GPU"):
+        visible_gpus(["0"], "")
+
+
+def test_a_job_on_a_gpu_slot_that_sees_no_gpu_fails_naming_the_slot_and_the_variable(tmp_path, monkeypatch):
+    """Run through the sweep's own launcher: the job exits non-zero before writing its run dir, and
+    ``--set device=cuda`` without CUDA is an error too (never a CPU run)."""
+    import torch
+
+    from ssl_bench.engine import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("SSL_BENCH_GPU_SLOT", "gpu 1 (CUDA_VISIBLE_DEVICES=5)")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    with pytest.raises(ValueError, match=r"sweep slot 'gpu 1 \(CUDA_VISIBLE_DEVICES=5\)' \(CUDA_VISIBLE_DEVICES='5'\): "
+                                         "this job sees no GPU"):
+        pick_device("auto")
+    with pytest.raises(ValueError, match="device=cuda: CUDA is not available on sweep slot"):
+        pick_device("cuda")
+    monkeypatch.delenv("SSL_BENCH_GPU_SLOT")
+    assert pick_device("auto").type == "cpu"  # outside a GPU slot, auto may mean the CPU
+    with pytest.raises(ValueError, match="device=cuda: CUDA is not available on this machine"):
+        pick_device("cuda")
+    monkeypatch.undo()
+
+    # a real `ssl-bench run` on a slot whose GPU does not exist (an id no machine has)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    from scale_jobs import cli, run_options, toy_dataset
+
+    results = tmp_path / "results"
+    argv = cli("run", *run_options(toy_dataset(tmp_path / "toy"), "mt", iterations=2), "--no-progress",
+               "--results-root", str(results))
+    manifest = _manifest(tmp_path, {"j": argv})
+    codes = run_local(manifest, ["j"], gpu_slots(["999"]), poll_s=0.1)
+    log = Path(manifest.job("j")["log"]).read_text()
+    assert codes["j"] != 0 and "sweep slot 'gpu 999'" in log and "CUDA_VISIBLE_DEVICES='999'" in log, log
+    assert not any(results.rglob("config.json"))
+
+
+def test_local_slots_are_never_oversubscribed_and_each_job_sees_only_its_device(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     out = tmp_path / "out"
     out.mkdir()
     names = [f"job{i}" for i in range(10)]

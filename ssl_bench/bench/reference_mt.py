@@ -192,8 +192,9 @@ def _markdown(rep: dict) -> str:
 
 def run(image_size: int = 64, labeled_bs: int = 6, unlabeled_bs: int = 6, device: str = "cpu",
         steps: int = 10, warmup: int = 2, workers: int = 0, amp: bool = False, channels_last: bool = False,
-        compile: bool = False, out_dir: Path | str = Path("results/bench"), suffix: str = "") -> dict:
-    """Time both steps; write ``<device>_reference_mt<suffix>.json`` and ``.md``."""
+        compile: bool = False, out_dir: Path | str | None = Path("results/bench"), suffix: str = "") -> dict:
+    """Time both steps; write ``<device>_reference_mt<suffix>.json`` and ``.md`` (``out_dir`` None:
+    return the report only, as the card does)."""
     import os
 
     from ssl_bench.bench import check_device, device_tag, machine
@@ -215,6 +216,8 @@ def run(image_size: int = 64, labeled_bs: int = 6, unlabeled_bs: int = 6, device
            "steps": steps, "warmup": warmup, "reference_median_s": ref_s, "ssl_bench_median_s": ours_s,
            "speedup": ref_s / ours_s, "goal": GOAL, **before, "loadavg_before": before["loadavg"],
            "loadavg_after": list(os.getloadavg())}
+    if out_dir is None:
+        return rep
     out = Path(out_dir)
     tag = device_tag(device)
     atomic_write_text(out / f"{tag}_reference_mt{suffix}.json", json.dumps(rep, indent=2) + "\n")

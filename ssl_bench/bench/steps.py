@@ -105,14 +105,16 @@ class StepBench:
         self.runner = StepRunner(m, opt, aux, self.scaler, self.device, self.amp, self.amp_dtype,
                                  self.compiled, self.ctx.generator)
 
-    def step(self) -> None:
+    def step(self):
+        """One iteration; returns the method's ``StepOutput``."""
         from ssl_bench.sampling import make_batch
 
         batch = make_batch(self.lb, self.ulb, self.cfg, self.aug, self.g, self.device,
                            not self.method.supervised_only)
-        self.runner(batch, self.step_index)
+        out = self.runner(batch, self.step_index)
         self.compiled = self.runner.compiled
         self.step_index += 1
+        return out
 
     def timed_step(self) -> float:
         from ssl_bench.bench import synchronize

@@ -11,7 +11,13 @@ ends with one line naming the problem and the fix, a non-zero exit, and nothing 
 """
 from __future__ import annotations
 
-import typer
+import os
+
+# OpenMP threads that wait sleep instead of spinning on cores other jobs need (read by libgomp
+# when torch loads, so set before any command imports it; README "Speed")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import typer  # noqa: E402
 
 from ssl_bench.cli import (bench, data, figure, listing, protocols, report, reproduce, results, run, sweep,
                            table, ui)

@@ -177,32 +177,52 @@ def anco(image_size: int = typer.Option(256, help="slice side in pixels"),
                f"written to {out_dir}/anco_{device.split(':')[0]}.md")
 
 
+@bench_app.command("threads")
+def bench_threads(
+    method: list[str] = typer.Option([], "--method", help="methods to time (default mt and cct)"),
+    neighbours: int = typer.Option(2, help="busy single-thread processes started beside the timed one"),
+    image_size: int = typer.Option(64, help="slice side in pixels"),
+    batch: int = typer.Option(6, help="labeled (and as many unlabeled) slices per step"),
+    steps: int = typer.Option(3, help="timed steps per method and candidate (after one untimed)"),
+    timeout_s: float = typer.Option(300.0, help="seconds each wait policy's process may take"),
+    out_dir: Path = OUT,
+):
+    """CPU step time under each thread policy beside busy neighbours (the choice of run's default)."""
+    from ssl_bench.bench import threads
+
+    try:
+        rep = threads.run(tuple(method) or ("mt", "cct"), neighbours=neighbours, image_size=image_size, batch=batch,
+                          steps=steps, timeout_s=timeout_s, out_dir=out_dir, progress=console.print)
+    except user_errors() as exc:
+        fail(str(exc))
+    console.print(f"written to {out_dir}/threads_cpu.md ({len(rep['rows'])} rows)")
+
+
 @bench_app.command("card")
 def card(
-    out_dir: Path = typer.Option(..., "--out-dir", help="the one folder for everything, e.g. results/bench/nvidia-h200"),
+    out_dir: Path = typer.Option(..., "--out-dir", help="the folder that comes back ($OUT on the GPU host)"),
+    budget_s: float = typer.Option(300.0, "--budget-s", help="seconds the card may use; later sections are skipped"),
     image_size: int = typer.Option(256, help="slice side (the field's 256)"),
     labeled_bs: int = typer.Option(12, help="labeled slices per step (the field's 12)"),
     unlabeled_bs: int = typer.Option(12, help="unlabeled slices per step (the field's 12)"),
-    iterations: int = typer.Option(3000, help="iterations of the UNet-L and MT training runs"),
-    method: list[str] = typer.Option([], "--method", help="methods for the step tables (default: all)"),
-    compile_method: list[str] = typer.Option(["unet-l", "mt", "cps", "action"], "--compile-method",
-                                             help="methods also timed with torch.compile"),
+    method: list[str] = typer.Option([], "--method", help="name or name:stage (default unet-l, mt, cps, action:iii)"),
     steps: int = typer.Option(20, help="timed steps per method and stage"), warmup: int = typer.Option(5),
-    workers: int = typer.Option(4, help="the reference MT's loader processes"),
-    volume: str = typer.Option("100,512,512", help="the case for metrics vs medpy"),
-    cases: int = typer.Option(8), case_shape: str = typer.Option("10,256,216"),
-    device: str = typer.Option("cuda", "--device"),
+    loop_steps: int = typer.Option(300, help="lean steps in a row for seconds per 1000 iterations (0: none)"),
+    workers: int = typer.Option(4, help="the reference MT's loader processes (-1: no reference-mt section)"),
+    no_compile: bool = typer.Option(False, "--no-compile", help="leave out the compile sections"),
+    device: str = typer.Option("cuda", "--device"), threads: int = THREADS,
 ):
-    """Everything at the field's configuration on this device, into one folder (run once on a GPU)."""
-    from ssl_bench.bench.card import run
+    """The GPU figures of one short lease, section by section into card.jsonl / card.md (bench/card.py)."""
+    from ssl_bench.bench.card import DEFAULT_METHODS, CardConfig, run
 
+    cfg = CardConfig(out_dir, budget_s, device, image_size, labeled_bs, unlabeled_bs,
+                     tuple(method or DEFAULT_METHODS), steps, warmup, loop_steps, workers, not no_compile, threads)
     try:
-        rep = run(out_dir, image_size, labeled_bs, unlabeled_bs, iterations, device, method or None,
-                  tuple(compile_method), steps, warmup, workers, _shape(volume, "--volume"), cases,
-                  _shape(case_shape, "--case-shape"), progress=console.print)
+        rep = run(cfg, progress=console.print)
     except user_errors() as exc:
         fail(str(exc))
-    console.print(f"card of {rep['device']} written to {out_dir}/card.md")
+    console.print(f"card: {len(rep['records']) - len(rep['skipped']) - len(rep['failed'])} section(s) done, "
+                  f"skipped {len(rep['skipped'])}, failed {len(rep['failed'])}; {rep['jsonl']} and {rep['md']}")
 
 
 @bench_app.command("stats")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from ssl_bench.errors import user_errors  # noqa: F401  (re-exported: the core's list of bad-input errors)
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -21,12 +23,3 @@ def fail(message: str, code: int = 2) -> None:
     """One red line naming the problem and the fix, then exit ``code`` (2: bad input)."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (reported in one line), not a bug (shown with a traceback)."""
-    from ssl_bench.config import ConfigError
-    from ssl_bench.datasets.base import DataError
-    from ssl_bench.registry import RegistryError
-
-    return (ConfigError, DataError, RegistryError, ValueError, FileNotFoundError)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ssl_bench.cli.common import RESULTS_ROOT, TRACKING_URI, console, fail, user_errors
+from ssl_bench.runargs import prepare_run
 
 
 def run(
@@ -39,8 +40,11 @@ def run(
         fail(str(exc))
     spec = prepared.spec
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    threads = engine.run_threads(prepared.train_cfg)
     console.print(f"[bold]{method}[/] on [bold]{dataset}[/] ({spec.setting}, seed {seed}, split seed {split_seed}): "
-                  f"protocol {protocol}, {prepared.train_cfg.total_iterations} iterations at {prepared.image_size}px -> {prepared.run_dir}")
+                  f"protocol {protocol}, {prepared.train_cfg.total_iterations} iterations at {prepared.image_size}px, "
+                  f"{threads} CPU thread(s){'' if prepared.train_cfg.threads else ' (free cores; --set threads=N to choose)'}"
+                  f" -> {prepared.run_dir}")
     try:
         result = engine.fit(prepared, tracking_uri=uri, progress=progress, force=force, console=console)
     except engine.TrainingDiverged as exc:
@@ -50,26 +54,6 @@ def run(
     if result.skipped:
         console.print(f"already finished: {result.run_dir} (use --force to run again)")
     _print_summary(result.metrics)
-
-
-def prepare_run(method, dataset, labeled, ratio, split, split_seed, seed, protocol, iterations, backbone, set_,
-                data_root, results_root):
-    """The ``engine.PreparedRun`` of ``ssl-bench run``'s options; raises the user errors it finds.
-    A sweep resolves its jobs through it, so a job's run dir is the one its run will use."""
-    from ssl_bench import engine, tracking
-    from ssl_bench.config import parse_set_options
-    from ssl_bench.runconfig import RunSpec
-
-    overrides = parse_set_options(set_)
-    if iterations is not None:
-        overrides["iterations"] = str(iterations)
-    if backbone is not None:
-        overrides["backbone"] = backbone
-    spec = RunSpec(method=method, dataset=dataset, labeled=labeled, ratio=ratio, split=split,
-                   split_seed=split_seed, seed=seed, protocol=protocol, overrides=overrides)
-    if labeled is not None and ratio is not None:
-        raise ValueError("give either --labeled or --ratio, not both")
-    return engine.prepare(spec, engine.data_root(data_root), tracking.results_root(results_root))
 
 
 def _print_summary(metrics: dict) -> None:

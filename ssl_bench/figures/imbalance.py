@@ -11,7 +11,7 @@ from typing import Sequence
 
 import matplotlib.pyplot as plt
 
-from ssl_bench.cli.data import dataset_summary
+from ssl_bench.data_summary import dataset_summary
 from ssl_bench.registry import get_dataset_class
 
 from .common import FigureResult, class_color, save

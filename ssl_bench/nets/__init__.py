@@ -3,7 +3,8 @@ builds any segmentation-models-pytorch model with random initialisation (nothing
 
 Every backbone offers ``forward(x) -> logits``, ``encode(x) -> [features]``,
 ``decode(features) -> (logits, [decoder features])``, ``new_decoder()``,
-``encoder_channels`` and ``decoder_channels``.
+``encoder_channels``, ``decoder_channels`` and ``compile_units()`` (the submodules that
+``torch.compile`` compiles, through which every entry point runs).
 """
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ class SmpBackbone(nn.Module):
         self.encoder_channels = list(self.model.encoder.out_channels)
         head_in = self.model.segmentation_head[0].in_channels
         self.decoder_channels = [head_in]
+
+    def compile_units(self) -> list[nn.Module]:
+        """What ``step.prepare_modules`` compiles (every entry point runs through these)."""
+        return [self.model.encoder, self.model.decoder, self.model.segmentation_head]
 
     def encode(self, x):
         return list(self.model.encoder(x))

@@ -97,6 +97,11 @@ class UNet(nn.Module):
         self.encoder = Encoder(in_channels, channels, dropouts)
         self.decoder = Decoder(channels, num_classes)
 
+    def compile_units(self) -> list[nn.Module]:
+        """What ``step.prepare_modules`` compiles: every entry point (``forward``, ``encode``,
+        ``decode``, ``forward_features``) runs through the encoder and the decoder."""
+        return [self.encoder, self.decoder]
+
     def encode(self, x):
         return self.encoder(x)
 

@@ -1,7 +1,8 @@
 """The local executor: one process per slot on this machine.
 
-A slot is a GPU (``CUDA_VISIBLE_DEVICES`` set to its one id, so a job sees only its own device;
-``jobs_per_gpu`` slots per GPU) or, without GPUs, one CPU core (one thread per job: on a
+A slot is a GPU (``CUDA_VISIBLE_DEVICES`` set to its one id, mapped through the one this process
+inherited, so a job sees only its own device; ``jobs_per_gpu`` slots per GPU; a job of a GPU slot
+that sees no GPU fails at once, naming its slot) or, without GPUs, one CPU core (one thread per job: on a
 2-core machine two 1-thread jobs were ~10x faster than one 2-thread job fighting for a busy
 core). A slot runs one job at a time, so a device is never given more jobs than its slots.
 
@@ -35,16 +36,50 @@ class Slot:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def gpu_slots(gpus: list[str], jobs_per_gpu: int = 1, cpu_count: int | None = None) -> list[Slot]:
-    """``jobs_per_gpu`` slots per GPU id, interleaved so that the first jobs spread over the GPUs;
-    the CPU cores are shared among the slots (``OMP_NUM_THREADS``)."""
+GPU_SLOT_VAR = "SSL_BENCH_GPU_SLOT"  # set in a GPU slot's jobs: a job there that sees no GPU fails (engine)
+
+
+def visible_gpus(ids: list[str], inherited: str | None = None) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` value of each GPU id of ``--gpus``. The ids count the GPUs this
+    process sees (as ``nvidia-smi`` does when nothing restricts it, and as torch does), so under an
+    inherited ``CUDA_VISIBLE_DEVICES=3,5`` (Slurm, a cgroup, a user's shell) ids 0,1 are GPUs 3 and
+    5 (UUIDs and MIG names pass through the same way). ``inherited``: default this process's
+    environment; unset means every GPU is visible and an id is itself."""
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES") if inherited is None else inherited
+    if inherited is None:
+        return list(ids)
+    parent = [d.strip() for d in inherited.split(",") if d.strip()]
+    out = []
+    for g in ids:
+        if not g.isdigit() or int(g) >= len(parent):
+            seen = ", ".join(f"{i}={d}" for i, d in enumerate(parent)) or "none"
+            raise ValueError(f"--gpus {','.join(ids)}: GPU id {g} is not among the {len(parent)} GPU(s) this "
+                             f"shell sees (CUDA_VISIBLE_DEVICES={inherited!r}: ids {seen}); give ids from 0 to "
+                             f"{len(parent) - 1}" if parent else
+                             f"--gpus {','.join(ids)}: CUDA_VISIBLE_DEVICES={inherited!r} hides every GPU from "
+                             "this shell; unset it or run with --gpus none")
+        out.append(parent[int(g)])
+    return out
+
+
+def gpu_slots(gpus: list[str], jobs_per_gpu: int = 1, cpu_count: int | None = None,
+              inherited: str | None = None) -> list[Slot]:
+    """``jobs_per_gpu`` slots per GPU id (mapped through the inherited ``CUDA_VISIBLE_DEVICES``:
+    ``visible_gpus``), interleaved so that the first jobs spread over the GPUs; the CPU cores are
+    shared among the slots (``OMP_NUM_THREADS``). Each slot's jobs are told they run on a GPU slot
+    (``SSL_BENCH_GPU_SLOT``), so one that sees no GPU stops at once instead of training on the CPU."""
     if jobs_per_gpu < 1:
         raise ValueError(f"--jobs-per-gpu {jobs_per_gpu}: give at least 1")
+    physical = visible_gpus(gpus, inherited)
     n = len(gpus) * jobs_per_gpu
     threads = str(max(1, (cpu_count or os.cpu_count() or 1) // n))
-    return [Slot(f"gpu {g}" + (f" #{k + 1}" if jobs_per_gpu > 1 else ""),
-                 {"CUDA_VISIBLE_DEVICES": g, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
-            for k in range(jobs_per_gpu) for g in gpus]
+    slots = []
+    for k in range(jobs_per_gpu):
+        for g, p in zip(gpus, physical):
+            name = f"gpu {g}" + (f" (CUDA_VISIBLE_DEVICES={p})" if p != g else "") + (f" #{k + 1}" if jobs_per_gpu > 1 else "")
+            slots.append(Slot(name, {"CUDA_VISIBLE_DEVICES": p, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                                     GPU_SLOT_VAR: name}))
+    return slots
 
 
 def cpu_slots(n: int) -> list[Slot]:

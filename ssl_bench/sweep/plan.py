@@ -2,9 +2,9 @@
 device-hours left, and the order to start them in (longest first, so that the pool drains evenly).
 
 A job is one ``ssl-bench run`` command line: what it does is identical under every executor.
-The plan resolves each job through the very options parser and ``prepare`` of ``ssl-bench run``
-(``cli.run.prepare_run``), so it knows the run dir the job will use without assuming a layout,
-and finds there whether the run is finished (``metrics.json``) or how far it got (``log.jsonl``).
+The plan resolves each job through the options and ``prepare`` of ``ssl-bench run``
+(``runargs.parse_run_args`` and ``runargs.prepare_run``, below the CLI), so it knows the run dir
+the job will use without assuming a layout, and finds there whether the run is finished (``metrics.json``) or how far it got (``log.jsonl``).
 """
 from __future__ import annotations
 
@@ -74,25 +74,15 @@ def runtime_args(results_root: Path, data_root: Path | None = None, tracking_uri
 
 
 # -- resolving a job like `ssl-bench run` does ---------------------------------------------------
-def _run_command():
-    import typer.main
-
-    from ssl_bench.cli import app
-
-    return typer.main.get_command(app).commands["run"]
-
-
 def resolve(job: Job, runtime: Sequence[str] = ()):
     """The ``engine.PreparedRun`` of a job's command line (validated, nothing written)."""
-    import typer
-
-    from ssl_bench.cli.run import prepare_run
+    from ssl_bench.runargs import parse_run_args, prepare_run
 
     args = [*job.run_args(), *runtime]
     try:
-        params = _run_command().make_context("run", args).params
-    except typer.TyperException as exc:  # a usage error (typer's own click)
-        raise ValueError(f"job {job.name}: {exc.format_message()} (in: ssl-bench run {' '.join(args)})") from None
+        params = parse_run_args(args)
+    except ValueError as exc:  # a usage error, worded as the command line words it
+        raise ValueError(f"job {job.name}: {exc} (in: ssl-bench run {' '.join(args)})") from None
     wanted = inspect.signature(prepare_run).parameters
     return prepare_run(**{k: params[k] for k in wanted})
 
