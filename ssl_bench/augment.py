@@ -107,6 +107,10 @@ class Augmenter:
         """Weakly augmented ``x`` (and ``y`` with the same warp). Returns (x, y)."""
         if not self.cfg.weak or x.shape[0] == 0:
             return x, y
+        if x.dim() == 5:  # 3D patches: the field's rot90 + flip (ssl_bench.volumetric.rot_flip)
+            from ssl_bench.volumetric import rot_flip
+
+            return rot_flip(x, y, generator, self.cfg.weak)
         theta = self.random_affine(x.shape[0], x.device, generator)
         xw = self.warp(x, theta)
         yw = None

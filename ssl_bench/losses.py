@@ -9,14 +9,14 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5,
               include_background: bool = True) -> torch.Tensor:
     """Soft Dice loss averaged over classes: 1 - mean_c (2 sum p_c y_c + eps) / (sum p_c + sum y_c + eps).
 
-    ``logits`` (B, C, H, W); ``target`` (B, H, W) integer labels or (B, C, H, W) soft targets.
+    ``logits`` (B, C, *spatial); ``target`` (B, *spatial) integer labels or (B, C, *spatial) soft targets.
     """
     probs = logits.float().softmax(dim=1)
     if target.dim() == probs.dim() - 1:
         onehot = F.one_hot(target.long(), probs.shape[1]).movedim(-1, 1).float()
     else:
         onehot = target.float()
-    dims = (0, 2, 3)
+    dims = (0, *range(2, probs.dim()))  # batch and every spatial dim (2D or 3D)
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
     dice = (2 * inter + eps) / (denom + eps)
