@@ -36,7 +36,8 @@ from ssl_bench.registry import get_dataset_class, get_method_class
 from ssl_bench.runconfig import RunSpec, TrainConfig, config_hash, resolve, resolved_dict
 from ssl_bench.sampling import SlicePool, concat_pools, make_batch, make_pool, place_pools  # noqa: F401  (re-exported)
 from ssl_bench.schedules import learning_rate
-from ssl_bench.volumetric import configure as configure_volumetric, is_volumetric
+from ssl_bench.protocols import check_protocol_dataset
+from ssl_bench.volumetric import check_method_3d, configure as configure_volumetric, is_volumetric
 from ssl_bench.step import StepMonitor, StepRunner, TrainingDiverged, amp_settings, prepare_modules
 
 
@@ -77,7 +78,9 @@ def prepare(spec: RunSpec, data_root_dir: Path, results_root_dir: Path) -> Prepa
     if not split.labeled:
         raise DataError(f"the split of {spec.dataset} has no labeled training case; check --labeled/--ratio")
     image_size = train_cfg.image_size or getattr(dataset, "default_image_size", 256)
+    check_protocol_dataset(spec.protocol, spec.dataset, is_volumetric(dataset))
     if is_volumetric(dataset):  # 3D: the run trains on patches (its "image size") and tests by sliding window
+        check_method_3d(spec.method)
         image_size = configure_volumetric(dataset, train_cfg)
     elif train_cfg.patch_size or train_cfg.sw_stride or train_cfg.lcc:
         raise ValueError(f"patch_size, sw_stride and lcc apply to 3D datasets; {spec.dataset} is 2D")

@@ -216,6 +216,32 @@ class SlidingWindow:
         return largest_component(pred, probs.shape[0]) if self.lcc else pred
 
 
+# -- which methods run in 3D --------------------------------------------------------------------
+#: built-in methods whose losses are written for any spatial rank; each passes the method contract
+#: on 3D patches with the V-Net (tests/test_la.py)
+RUNS_IN_3D = ("unet-l", "unet-f", "mt", "uamt", "em", "ict", "cps", "dct")
+#: built-in methods that cannot run in 3D yet, and why
+NOT_IN_3D = {
+    "action": "its projection heads, region pooling (8 x 8 grid of pixel-aligned views) and CutMix are 2D, and "
+              "its heads read the 2D backbones' internals; the release's train_3D_action.py (V-Net in an ISD "
+              "wrapper) is not ported yet",
+    "bcp": "its copy-paste box is a 2D (H, W) box repeated through every slice and its pseudo-label LCC works per "
+           "slice: on 3D tensors it runs, but it is not BCP's LA code (a 3D cube of 2/3 of each side)",
+    "cct": "its auxiliary decoders perturb and resize 2D feature maps (dropout2d, 2D interpolation)",
+    "dan": "its discriminator is a stack of 2D convolutions",
+    "urpc": "its multi-scale heads are 2D convolutions",
+    "gcl": "its contrastive stages partition and crop 2D slices of a volume",
+    "scs": "its SimCLR views and pixel contrast are built for 2D slices",
+}
+
+
+def check_method_3d(method: str) -> None:
+    """A built-in method not written for 3D is refused on a 3D dataset, with the reason."""
+    if method in NOT_IN_3D:
+        raise ValueError(f"{method} cannot run on a 3D dataset: {NOT_IN_3D[method]}. "
+                         f"Methods that run in 3D: {', '.join(RUNS_IN_3D)}")
+
+
 # -- wiring a run -------------------------------------------------------------------------------
 def configure(dataset, train_cfg) -> tuple[int, int, int]:
     """Set up a 3D dataset for one run: its training patch and its test-time inference (stored on
