@@ -23,7 +23,7 @@ this. Nothing is renormalised here.
 Splits. ``field`` (default): the labeled scans are the first N lines of ``train.list``
 (``--labeled 4|8|16``, or ``--ratio`` of the 80), the other training scans unlabeled, the 20 of
 ``test.list`` the test set. ``random``: N labeled scans drawn with ``--split-seed``. In both, a
-validation split of ``VAL_SCANS`` scans is carved out of the 80, drawn once with a fixed seed
+validation split of 10 % of the training scans (8 of 80) is carved out of the 80, drawn once with a fixed seed
 from lines 17-80 of ``train.list`` (never one of the field's labeled sets of 4, 8 or 16) and
 persisted with every run's split: the ``clean`` protocol selects checkpoints on it; under
 ``--set validation=test`` or ``validation=none`` (the field's LA recipes) those scans return to the
@@ -53,7 +53,7 @@ ROOT_CANDIDATES = (".", "data", "LA", "data/LA")
 SPACING_MM = 0.625
 #: the largest labeled setting of the field; the validation split is carved from lines after it
 FIELD_LABELED_MAX = 16
-VAL_SCANS = 8
+VAL_FRACTION = 0.1  # of train.list: 8 of the field's 80 scans
 VAL_SEED = 2018
 
 
@@ -164,11 +164,12 @@ class LeftAtrium(Dataset):
 
     # -- splits ------------------------------------------------------------------------------
     def validation_scans(self) -> list[str]:
-        """The carved validation split: ``VAL_SCANS`` ids drawn with a fixed seed from the lines of
-        ``train.list`` after the first ``FIELD_LABELED_MAX`` (module docstring)."""
-        pool = sorted(self.lists["train"][FIELD_LABELED_MAX:])
+        """The carved validation split: ``VAL_FRACTION`` of ``train.list`` (8 of 80) drawn with a fixed
+        seed from its lines after the first ``FIELD_LABELED_MAX`` (module docstring)."""
+        train = self.lists["train"]
+        pool = sorted(train[FIELD_LABELED_MAX:])
         random.Random(VAL_SEED).shuffle(pool)
-        return sorted(pool[:VAL_SCANS])
+        return sorted(pool[:max(1, round(VAL_FRACTION * len(train)))])
 
     def make_split(self, labeled: int | None = None, ratio: float | None = None, split: str = "field",
                    split_seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2) -> Split:
@@ -198,7 +199,7 @@ class LeftAtrium(Dataset):
             meta={"dataset": getattr(self, "registry_name", type(self).__name__), "split": split,
                   "split_seed": split_seed, "labeled_patients": list(lab), "labeled": labeled, "ratio": ratio,
                   "val_carved_from_train": True,
-                  "protocol": f"UA-MT lists: 80 train / 20 test; validation = {VAL_SCANS} of the 80 (seed {VAL_SEED})"},
+                  "protocol": f"UA-MT lists: 80 train / 20 test; validation = {len(val)} of the {len(train)} (seed {VAL_SEED})"},
         )
 
 

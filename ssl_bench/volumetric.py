@@ -13,8 +13,9 @@ the description, in this package's (Z, Y, X) array order: the field's patch 112 
   zero-padded by ``(patch - side) // 2 + 3`` on both sides of every such axis, then the corner is
   uniform in ``[0, side - patch)``.
 * ``rot_flip``: the field's ``RandomRotFlip`` per sample: a rotation by k x 90 degrees in the
-  axial (x, y) plane, k uniform in 0..3, then a flip along x or y (uniform). The loop's
-  ``Augmenter.weak`` uses it for 5D batches.
+  axial (x, y) plane, k uniform in 0..3, then a flip along x or y (uniform). As the field's, it
+  always flips: every patch comes out as one of the 4 mirror images of the (x, y) square, never
+  the identity. The loop's ``Augmenter.weak`` uses it for 5D batches.
 * ``SlidingWindow``: the field's ``test_single_case``: pad a volume smaller than the patch
   (centred, zeros), windows at ``min(stride * i, side - patch)`` for
   ``i < ceil((side - patch) / stride) + 1`` along each axis, softmax probabilities summed and divided
