@@ -38,6 +38,10 @@ region losses are each averaged over their own pixels (CE) or computed on masked
 ``variant="lcc"``: the authors' ACDC code keeps, per slice and foreground class, only the
 largest connected component (8-connectivity) of the teacher's pseudo-label; the paper does not
 describe this step, so the default ``"paper"`` uses the plain argmax.
+
+3D (the LA track): the same code on (B, C, D, H, W) patches; the box is a cuboid of 2/3 of every
+side and the LCC is 26-connected, as BCP's ``LA_BCP_train.py`` (``context_mask``, ``get_cut_mask``
+with ``nms=1``). BCP's LA recipe is protocol ``la-field``.
 """
 from __future__ import annotations
 
@@ -69,17 +73,26 @@ class BCPConfig:
 def box_mask(height: int, width: int, ratio: float, generator: torch.Generator | None = None,
              device=None) -> torch.Tensor:
     """(H, W) float mask: 1 everywhere but a zero box of int(ratio * side) at a random position."""
-    bh, bw = int(height * ratio), int(width * ratio)
-    top = int(torch.randint(0, height - bh + 1, (1,), generator=generator))
-    left = int(torch.randint(0, width - bw + 1, (1,), generator=generator))
-    mask = torch.ones(height, width, device=device)
-    mask[top:top + bh, left:left + bw] = 0
+    return box_mask_nd((height, width), ratio, generator, device)
+
+
+def box_mask_nd(shape, ratio: float, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """A float mask of ``shape`` (2D or 3D): 1 everywhere but a zero box of int(ratio * side) on
+    every axis at a uniformly random position where it fits (BCP's 3D ``context_mask``: a cube of
+    2/3 of each side of the 112 x 112 x 80 patch)."""
+    corner = []
+    for side in shape:
+        box = int(side * ratio)
+        corner.append((int(torch.randint(0, side - box + 1, (1,), generator=generator)), box))
+    mask = torch.ones(*shape, device=device)
+    mask[tuple(slice(c, c + b) for c, b in corner)] = 0
     return mask
 
 
 def paste(background: torch.Tensor, foreground: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """background where mask = 1, foreground inside the zero box; images (B, C, H, W) or labels (B, H, W)."""
-    m = mask if background.dim() == 3 else mask[None, None]
+    """background where mask = 1, foreground inside the zero box; images (B, C, *S) or labels (B, *S),
+    mask (*S)."""
+    m = mask if background.dim() == mask.dim() + 1 else mask[None, None]
     return background * m + foreground * (1 - m)
 
 
@@ -96,17 +109,19 @@ def masked_supervised_loss(logits: torch.Tensor, target: torch.Tensor, region: t
     probs = logits.float().softmax(1)
     onehot = F.one_hot(target.long(), probs.shape[1]).movedim(-1, 1).float()
     r = region[:, None]
-    inter = (probs * onehot * r).sum((0, 2, 3))
-    denom = (probs * r).sum((0, 2, 3)) + (onehot * r).sum((0, 2, 3))
+    dims = (0, *range(2, probs.dim()))  # batch and every spatial dim (2D slices or 3D patches)
+    inter = (probs * onehot * r).sum(dims)
+    denom = (probs * r).sum(dims) + (onehot * r).sum(dims)
     dice = 1.0 - ((2 * inter + eps) / (denom + eps)).mean()
     return 0.5 * (ce + dice)
 
 
 def largest_components(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per slice and foreground class, keep only the largest 8-connected component."""
+    """Per image and foreground class, keep only the largest component, full connectivity (8 in a
+    2D slice, 26 in a 3D patch: ``skimage.measure.label``'s default in BCP's LA code)."""
     out = np.zeros(labels.shape, dtype=np.int64)
     lab = labels.detach().cpu().numpy()
-    eight = np.ones((3, 3), dtype=bool)
+    eight = np.ones((3,) * (lab.ndim - 1), dtype=bool)
     for i in range(lab.shape[0]):
         for c in range(1, num_classes):
             comp, n = ndimage.label(lab[i] == c, structure=eight)
@@ -146,8 +161,7 @@ class BCP(Method):
                 Stage("self_train", 1.0 - self.cfg.pretrain_fraction)]
 
     def new_mask(self, like: torch.Tensor) -> torch.Tensor:
-        h, w = like.shape[-2:]
-        return box_mask(h, w, self.cfg.box_ratio, self.ctx.generator, like.device)
+        return box_mask_nd(like.shape[2:], self.cfg.box_ratio, self.ctx.generator, like.device)
 
     @torch.no_grad()
     def pseudo_labels(self, x: torch.Tensor) -> torch.Tensor:

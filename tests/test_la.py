@@ -246,8 +246,8 @@ def test_guards_protocols_methods_and_2d_keys(tmp_path):
     root = make_la(tmp_path / "d")
     with pytest.raises(ConfigError, match="la-field"):
         engine.prepare(RunSpec(method="mt", dataset="la", labeled=4, protocol="field"), root, tmp_path / "r")
-    with pytest.raises(ValueError, match="bcp cannot run on a 3D dataset"):
-        engine.prepare(RunSpec(method="bcp", dataset="la", labeled=4), root, tmp_path / "r")
+    with pytest.raises(ValueError, match="action cannot run on a 3D dataset"):
+        engine.prepare(RunSpec(method="action", dataset="la", labeled=4), root, tmp_path / "r")
     with pytest.raises(ConfigError, match="Left Atrium recipe"):
         engine.prepare(RunSpec(method="mt", dataset="tiny-test", labeled=2, protocol="la-clean"), root, tmp_path / "r")
     with pytest.raises(ValueError, match="apply to 3D datasets"):
@@ -260,7 +260,7 @@ def test_guards_protocols_methods_and_2d_keys(tmp_path):
 def test_reproduce_la_dry_run_lists_the_grid_and_published_rows(tmp_path):
     res = runner.invoke(app, ["reproduce", "la", "--dry-run", "--results-root", str(tmp_path)])
     assert res.exit_code == 0, res.output
-    assert "la-field-v1" in res.output and "= 24 runs" in res.output
+    assert "la-field-v1" in res.output and "= 30 runs" in res.output
     assert "84.25" in res.output and "best on" in res.output and "MC-Net is not implemented" in res.output
     res = runner.invoke(app, ["reproduce", "la", "--budget", "smoke", "--protocol", "la-clean", "--dry-run",
                               "--seeds", "0", "--methods", "unet-l", "--results-root", str(tmp_path)])
@@ -300,6 +300,22 @@ def test_uamt_3d_loss_values_by_hand():
     sup = 0.5 * (torch.nn.functional.cross_entropy(logits[:2], batch.y_lb) + dice)
     assert float(out.terms["sup"]) == pytest.approx(float(sup), rel=1e-5)
     assert 0 <= float(out.terms["mask_fraction"]) <= 1 and out.terms["threshold"] < math.log(2) + 1e-9
+
+
+def test_bcp_in_3d_pastes_a_cuboid_of_two_thirds_of_every_side():
+    from ssl_bench.methods.bcp import box_mask_nd, largest_components, paste
+
+    g = torch.Generator().manual_seed(0)
+    m = box_mask_nd((12, 9, 6), 2 / 3, g)
+    zero = (m == 0).nonzero()
+    assert (m == 0).sum() == 8 * 6 * 4 and (zero.max(0).values - zero.min(0).values + 1).tolist() == [8, 6, 4]
+    a, b = torch.zeros(2, 1, 12, 9, 6), torch.ones(2, 1, 12, 9, 6)
+    assert torch.equal(paste(a, b, m)[0, 0], 1 - m) and torch.equal(paste(a[:, 0].long(), b[:, 0].long(), m)[1], (1 - m).long())
+    lab = torch.zeros(1, 6, 6, 6, dtype=torch.long)
+    lab[0, :2, :2, :2] = 1
+    lab[0, 2, 2, 2] = 1  # 26-connected to the cube through a corner
+    lab[0, 5, 5, 0] = 1
+    assert largest_components(lab, 2).sum() == 9
 
 
 def test_2d_only_methods_are_listed_with_a_reason():
