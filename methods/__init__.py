@@ -19,3 +19,4 @@ from . import urpc  # noqa: F401,E402
 from . import dct  # noqa: F401,E402
 from . import ict  # noqa: F401,E402
 from . import uamt  # noqa: F401,E402
+from . import mcnet  # noqa: F401,E402

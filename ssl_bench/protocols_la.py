@@ -10,8 +10,9 @@ base budget keeps every row's proportions:
   supervised script: 4 labeled), SGD lr 0.01 x 0.1 every 2500 iterations, consistency 0.1 x
   sigmoid_rampup(iter // 150, 40) (length = the budget, quantum 150 / 6000), no validation, the
   last checkpoint (``iter_6000.pth``) tested, no post-processing;
-* MC-Net: 15000 iterations (x 2.5) at constant lr 0.01, the best of the checkpoints scored **on the
-  20 test scans** every 200 iterations, no LCC;
+* MC-Net(+): 15000 iterations (x 2.5) at constant lr 0.01, consistency ramp sigmoid(iter // 150, 40)
+  (40 % of its budget), the best of the checkpoints scored **on the 20 test scans** every 200
+  iterations, no LCC;
 * BCP: batch 8 with 4 labeled, 2000 pre-training + 15000 self-training (x 17 / 6), lr x 0.1 every
   2500, best **on the test scans**, LCC on;
 * ACTION: batch 2 with 1 labeled, 30000 iterations per stage (3 stages: x 15), the checkpoint of a
@@ -42,7 +43,8 @@ _FIELD_ROWS = {
     "mt": Recipe({**FIELD_LAST, "method.variant": "ssl4mis"}, checkpoint="last",
                  source=f"{UAMT_SRC} without the uncertainty mask (teacher on a noisy copy)"),
     "uamt": Recipe({**FIELD_LAST, "method.variant": "ln2"}, checkpoint="last", source=UAMT_SRC),
-    "mcnet": Recipe({**ON_TEST, "lr_step": "0", "poly_power": "0"}, budget_scale=2.5,
+    "mcnet": Recipe({**ON_TEST, "lr_step": "0", "poly_power": "0", "rampup.length": "0.4",
+                     "rampup.quantum": str(150 / 15000)}, budget_scale=2.5,
                     source="MC-Net train_mcnet_3d.py: 15000 iterations, constant lr, best on test.list"),
     "bcp": Recipe({**ON_TEST, "labeled_bs": "4", "unlabeled_bs": "4", "lcc": "true",
                    "lr_step": str(2500 / 15000), "method.pretrain_fraction": str(2000 / 17000)},

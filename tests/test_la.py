@@ -260,8 +260,8 @@ def test_guards_protocols_methods_and_2d_keys(tmp_path):
 def test_reproduce_la_dry_run_lists_the_grid_and_published_rows(tmp_path):
     res = runner.invoke(app, ["reproduce", "la", "--dry-run", "--results-root", str(tmp_path)])
     assert res.exit_code == 0, res.output
-    assert "la-field-v1" in res.output and "= 30 runs" in res.output
-    assert "84.25" in res.output and "best on" in res.output and "MC-Net is not implemented" in res.output
+    assert "la-field-v1" in res.output and "= 36 runs" in res.output
+    assert "84.25" in res.output and "best on" in res.output and "ACTION's 3D form is not ported" in res.output
     res = runner.invoke(app, ["reproduce", "la", "--budget", "smoke", "--protocol", "la-clean", "--dry-run",
                               "--seeds", "0", "--methods", "unet-l", "--results-root", str(tmp_path)])
     assert res.exit_code == 0 and "la-small" in res.output and "= 2 runs" in res.output
@@ -316,6 +316,35 @@ def test_bcp_in_3d_pastes_a_cuboid_of_two_thirds_of_every_side():
     lab[0, 2, 2, 2] = 1  # 26-connected to the cube through a corner
     lab[0, 5, 5, 0] = 1
     assert largest_components(lab, 2).sum() == 9
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_mcnet_losses_by_hand(dims):
+    """lamda sum_d Dice_fg(p_d) + w sum_{i != j} MSE(p_i, sharpen(p_j)); decoders up-sample differently."""
+    from ssl_bench.methods.mcnet import foreground_dice_loss, sharpen
+    from ssl_bench.testing import tiny_setup
+
+    size = 32 if dims == 3 else 16
+    method, batch = tiny_setup("mcnet", size=size, num_classes=2, dims=dims)
+    assert len(method.student.extra) == 2
+    ups = [type(m) for d in method.student.extra for m in d.modules() if isinstance(m, torch.nn.Upsample)]
+    assert ups and {m.mode for d in method.student.extra for m in d.modules() if isinstance(m, torch.nn.Upsample)} == \
+        {"trilinear" if dims == 3 else "bilinear", "nearest"}
+    method.train(False)  # no dropout: the hand computation sees the same outputs
+    out = method.training_step(batch, method.ctx.total_iterations - 1)
+    outs = method.student.forward_all(torch.cat([batch.x_lb, batch.x_ulb]))
+    p = [o.softmax(1) for o in outs]
+    y = batch.y_lb
+    fg = p[0][:2, 1]
+    dice0 = 1 - (2 * (fg * (y == 1)).sum() + 1e-8) / (fg.sum() + (y == 1).sum() + 1e-8)
+    assert float(foreground_dice_loss(p[0][:2], y)) == pytest.approx(float(dice0), rel=1e-6)
+    assert float(sharpen(torch.tensor(0.6), 0.1)) == pytest.approx(0.6 ** 10 / (0.6 ** 10 + 0.4 ** 10))
+    sup = 0.5 * sum(float(foreground_dice_loss(q[:2], y)) for q in p)
+    cons = sum(float(((p[i] - sharpen(p[j], 0.1)) ** 2).mean()) for i in range(3) for j in range(3) if i != j)
+    assert float(out.terms["sup"]) == pytest.approx(sup, rel=1e-5)
+    assert float(out.terms["consistency"]) == pytest.approx(cons, rel=1e-5)
+    assert float(out.loss) == pytest.approx(sup + out.terms["w_cons"] * cons, rel=1e-5)
+    torch.testing.assert_close(method.student(batch.x_lb), outs[0][:2], rtol=1e-4, atol=1e-5)  # the first decoder predicts
 
 
 def test_2d_only_methods_are_listed_with_a_reason():

@@ -42,18 +42,31 @@ def _down(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(cin, cout, 2, stride=2), nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
 
 
-def _up(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.ConvTranspose3d(cin, cout, 2, stride=2), nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
+UP_MODES = ("transposed", "linear", "nearest")
+
+
+def _up(cin: int, cout: int, mode: str = "transposed") -> nn.Sequential:
+    """x2 up-sampling, BN, ReLU: the field's transposed convolution, or (MC-Net's other decoders,
+    ``networks/VNet.py`` of ycwu1997/MC-Net) trilinear (align_corners) / nearest interpolation then a
+    3x3x3 convolution."""
+    if mode == "transposed":
+        first: list[nn.Module] = [nn.ConvTranspose3d(cin, cout, 2, stride=2)]
+    elif mode in UP_MODES:
+        first = [nn.Upsample(scale_factor=2, mode="trilinear", align_corners=True) if mode == "linear"
+                 else nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv3d(cin, cout, 3, padding=1)]
+    else:
+        raise ValueError(f"unknown up-sampling {mode!r}; choose from {', '.join(UP_MODES)}")
+    return nn.Sequential(*first, nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
 
 
 class VNetDecoder(nn.Module):
     """Up-sampling path, additive skips, last-block dropout and the 1x1x1 head."""
 
-    def __init__(self, filters, num_classes: int, dropout: nn.Module):
+    def __init__(self, filters, num_classes: int, dropout: nn.Module, up: str = "transposed"):
         super().__init__()
         f = list(filters)
         deep_to_shallow = f[::-1]  # 256, 128, 64, 32, 16
-        self.ups = nn.ModuleList(_up(deep_to_shallow[i], deep_to_shallow[i + 1]) for i in range(len(f) - 1))
+        self.ups = nn.ModuleList(_up(deep_to_shallow[i], deep_to_shallow[i + 1], up) for i in range(len(f) - 1))
         self.stages = nn.ModuleList(_conv_stage(n, c, c) for n, c in zip(DECODER_CONVS, deep_to_shallow[1:]))
         self.head = nn.Conv3d(f[0], num_classes, 1)
         self.dropout = dropout
@@ -106,8 +119,10 @@ class VNet(nn.Module):
     def decode(self, feats):
         return self.decoder(feats)
 
-    def new_decoder(self) -> nn.Module:
-        return VNetDecoder(self.encoder_channels, self.num_classes, nn.Dropout3d(p=0.5))
+    def new_decoder(self, up: str = "transposed") -> nn.Module:
+        """A freshly initialised decoder (its own last-block dropout); ``up`` = transposed, linear or nearest."""
+        return VNetDecoder(self.encoder_channels, self.num_classes,
+                           nn.Dropout3d(p=0.5) if isinstance(self.dropout, nn.Dropout3d) else nn.Identity(), up)
 
     def forward_features(self, x):
         feats = self.encode(x)
