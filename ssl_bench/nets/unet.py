@@ -97,7 +97,19 @@ class Decoder(nn.Module):
         return self.head(x), dec
 
 
-class UNet(nn.Module):
+class EncodeDecode:
+    """``forward_features`` and ``forward`` of a backbone from its ``encode`` and ``decode``."""
+
+    def forward_features(self, x):
+        feats = self.encode(x)
+        logits, dec = self.decode(feats)
+        return logits, feats, dec
+
+    def forward(self, x):
+        return self.decode(self.encode(x))[0]
+
+
+class UNet(EncodeDecode, nn.Module):
     """2D U-Net (about 1.8 M parameters for 1 input channel and 4 classes)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 4,
@@ -121,14 +133,6 @@ class UNet(nn.Module):
         """A freshly initialised decoder; ``up`` = transposed (as the main one), linear or nearest."""
         dec = Decoder(self.encoder_channels, self.num_classes, up)
         return dec
-
-    def forward_features(self, x):
-        feats = self.encode(x)
-        logits, dec = self.decode(feats)
-        return logits, feats, dec
-
-    def forward(self, x):
-        return self.decode(self.encode(x))[0]
 
 
 def clone_reinitialised(module: nn.Module) -> nn.Module:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .unet import EncodeDecode
+
 FILTERS = (16, 32, 64, 128, 256)
 ENCODER_CONVS = (1, 2, 3, 3, 3)
 DECODER_CONVS = (3, 3, 2, 1)  # after each up-sampling, deep to shallow
@@ -81,7 +83,7 @@ class VNetDecoder(nn.Module):
         return self.head(x), dec
 
 
-class VNet(nn.Module):
+class VNet(EncodeDecode, nn.Module):
     """The field's V-Net (module docstring). ``dropout=False`` removes both dropout applications."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, filters=FILTERS, dropout: bool = True):
@@ -123,11 +125,3 @@ class VNet(nn.Module):
         """A freshly initialised decoder (its own last-block dropout); ``up`` = transposed, linear or nearest."""
         return VNetDecoder(self.encoder_channels, self.num_classes,
                            nn.Dropout3d(p=0.5) if isinstance(self.dropout, nn.Dropout3d) else nn.Identity(), up)
-
-    def forward_features(self, x):
-        feats = self.encode(x)
-        logits, dec = self.decode(feats)
-        return logits, feats, dec
-
-    def forward(self, x):
-        return self.decode(self.encode(x))[0]
