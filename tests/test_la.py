@@ -296,7 +296,7 @@ def test_uamt_3d_loss_values_by_hand():
     p = logits[:2].softmax(1)
     onehot = torch.nn.functional.one_hot(batch.y_lb, 2).movedim(-1, 1).float()
     dice = 1 - ((2 * (p * onehot).sum((0, 2, 3, 4)) + 1e-5) / (p.sum((0, 2, 3, 4)) + onehot.sum((0, 2, 3, 4)) + 1e-5)).mean()
-    assert float(dice_loss(logits[:2], batch.y_lb)) == pytest.approx(float(dice), abs=1e-6)
+    assert float(dice_loss(logits[:2], batch.y_lb).detach()) == pytest.approx(float(dice.detach()), abs=1e-6)
     sup = 0.5 * (torch.nn.functional.cross_entropy(logits[:2], batch.y_lb) + dice)
     assert float(out.terms["sup"]) == pytest.approx(float(sup), rel=1e-5)
     assert 0 <= float(out.terms["mask_fraction"]) <= 1 and out.terms["threshold"] < math.log(2) + 1e-9
