@@ -230,7 +230,7 @@ def test_la_protocols_set_each_rows_recipe_and_selection():
     assert res("unet-l", "la-clean").supervised_whole_batch
     small = resolve(RunSpec(method="uamt", dataset="la-small", protocol="la-field"), get_method_class("uamt"),
                     get_dataset_class("la-small").train_defaults)[0]
-    assert small.iterations == 600 and small.lr_step == pytest.approx(2500 / 6000)  # the preset keeps proportions
+    assert small.iterations == 450 and small.lr_step == pytest.approx(2500 / 6000)  # the preset keeps proportions
 
 
 def test_new_keys_at_their_defaults_keep_old_config_hashes():
