@@ -22,3 +22,4 @@ from . import uamt  # noqa: F401,E402
 from . import abd  # noqa: F401,E402
 from . import admt  # noqa: F401,E402
 from . import unimatch  # noqa: F401,E402
+from . import mcnet  # noqa: F401,E402

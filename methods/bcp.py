@@ -38,6 +38,10 @@ region losses are each averaged over their own pixels (CE) or computed on masked
 ``variant="lcc"``: the authors' ACDC code keeps, per slice and foreground class, only the
 largest connected component (8-connectivity) of the teacher's pseudo-label; the paper does not
 describe this step, so the default ``"paper"`` uses the plain argmax.
+
+3D (the LA track): the same code on (B, C, D, H, W) patches; the box is a cuboid of 2/3 of every
+side and the LCC is 26-connected, as BCP's ``LA_BCP_train.py`` (``context_mask``, ``get_cut_mask``
+with ``nms=1``). BCP's LA recipe is protocol ``la-field``.
 """
 from __future__ import annotations
 

@@ -143,6 +143,10 @@ class Augmenter:
         mode = self.cfg.mode
         if mode == "none" or (mode == "harness" and not self.cfg.weak) or x.shape[0] == 0:
             return x, y
+        if x.dim() == 5:  # 3D patches: the field's rot90 + flip (ssl_bench.volumetric.rot_flip)
+            from ssl_bench.volumetric import rot_flip
+
+            return rot_flip(x, y, generator, self.cfg.weak)
         if mode == "ssl4mis":
             theta = self.ssl4mis_affine(x.shape[0], x.device, generator)
             xw = self.warp(x, theta, mode="nearest")

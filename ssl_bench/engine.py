@@ -34,8 +34,10 @@ from ssl_bench.cost import CostMeter, device_name
 from ssl_bench.datasets.base import DataError, Split, atomic_write_text
 from ssl_bench.registry import get_dataset_class, get_method_class
 from ssl_bench.runconfig import RunSpec, TrainConfig, config_hash, resolve, resolved_dict
-from ssl_bench.sampling import SlicePool, concat_pools, make_batch, place_pools  # noqa: F401  (re-exported)
-from ssl_bench.schedules import poly_lr
+from ssl_bench.sampling import SlicePool, concat_pools, make_batch, make_pool, place_pools  # noqa: F401  (re-exported)
+from ssl_bench.schedules import learning_rate
+from ssl_bench.protocols import check_protocol_dataset
+from ssl_bench.volumetric import check_method_3d, configure as configure_volumetric, is_volumetric
 from ssl_bench.step import StepMonitor, StepRunner, TrainingDiverged, amp_settings, prepare_modules
 
 
@@ -72,10 +74,16 @@ def prepare(spec: RunSpec, data_root_dir: Path, results_root_dir: Path) -> Prepa
     kwargs = dict(labeled=spec.labeled, ratio=spec.ratio, split_seed=spec.split_seed)
     if split_kind != "default":
         kwargs["split"] = split_kind
-    split = dataset.make_split(**kwargs)
+    split = with_validation(dataset.make_split(**kwargs), train_cfg.validation)
     if not split.labeled:
         raise DataError(f"the split of {spec.dataset} has no labeled training case; check --labeled/--ratio")
     image_size = train_cfg.image_size or getattr(dataset, "default_image_size", 256)
+    check_protocol_dataset(spec.protocol, spec.dataset, is_volumetric(dataset))
+    if is_volumetric(dataset):  # 3D: the run trains on patches (its "image size") and tests by sliding window
+        check_method_3d(spec.method)
+        image_size = configure_volumetric(dataset, train_cfg)
+    elif train_cfg.patch_size or train_cfg.sw_stride or train_cfg.lcc:
+        raise ValueError(f"patch_size, sw_stride and lcc apply to 3D datasets; {spec.dataset} is 2D")
     resolved = resolved_dict(spec, train_cfg, method_cfg)
     resolved["image_size"] = image_size
     resolved["split_name"] = split.meta.get("split", split_kind)
@@ -86,6 +94,20 @@ def prepare(spec: RunSpec, data_root_dir: Path, results_root_dir: Path) -> Prepa
                f"seed{spec.seed}-split{spec.split_seed}-{config_hash(resolved)}")
     return PreparedRun(spec, train_cfg, method_cfg, method_cls, dataset, split, image_size,
                        run_dir, resolved, results_root_dir)
+
+
+def with_validation(split: Split, validation: str) -> Split:
+    """The split with the validation cases ``validation`` asks for: ``split`` keeps the dataset's;
+    ``test`` validates on the test cases (the published LA selection: optimistic, said in every
+    footnote); ``none`` has none (the best checkpoint is the last). Validation cases the dataset
+    carved out of training (``meta["val_carved_from_train"]``) go back to the unlabeled pool then."""
+    if validation == "split":
+        return split
+    unlabeled = list(split.unlabeled)
+    if split.meta.get("val_carved_from_train"):
+        unlabeled = sorted(set(unlabeled) | set(split.val))
+    val = list(split.test) if validation == "test" else []
+    return Split(split.labeled, unlabeled, val, split.test, {**split.meta, "validation": validation})
 
 
 def run_name(spec: RunSpec, resolved: dict) -> str:
@@ -257,12 +279,12 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
     if method.fully_supervised:
         lb_pool = concat_pools(lb_set, run.dataset.load_slices(run.split.unlabeled, size))
     else:
-        lb_pool = SlicePool(lb_set)
+        lb_pool = make_pool(lb_set)
     ulb_pool = None
     draw_unlabeled = not method.supervised_only or cfg.draw_unlabeled
     if draw_unlabeled:
         ulb_set = run.dataset.load_slices(run.split.unlabeled, size)
-        ulb_pool = SlicePool(ulb_set)
+        ulb_pool = make_pool(ulb_set)
         if not len(ulb_pool) and not method.supervised_only:
             raise DataError(f"{spec.method} needs unlabeled data but the split has none; lower --labeled/--ratio")
     # the batch as sampled: supervised-only methods may fill it with labeled slices (field)
@@ -344,7 +366,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
             monitor = StepMonitor(run_dir / "checkpoints")
             prefix = "train/" if len(stages) == 1 else f"train/{stage.name}/"
             for step in range(start, n_it):
-                lr = poly_lr(cfg.lr, step, n_it, cfg.poly_power)
+                lr = learning_rate(cfg, step, n_it)
                 for grp in opt.param_groups:
                     grp["lr"] = lr
                 batch = make_batch(lb_pool, ulb_pool, batch_cfg, aug, g, device, draw_unlabeled)

@@ -147,8 +147,10 @@ def evaluate_cases(predictor: nn.Module, dataset, case_ids: Sequence[str], image
         for case_id in case_ids:
             bar.update(task, case=case_id)
             case = dataset.load_case(case_id)
-            pred = predict_volume(predictor, case.image, image_size, device, batch_size=batch_size,
-                                  resample=resample)
+            infer = getattr(dataset, "inference", None)  # 3D datasets: sliding window (ssl_bench.volumetric)
+            pred = (infer(predictor, case.image, device) if infer is not None else
+                    predict_volume(predictor, case.image, image_size, device, batch_size=batch_size,
+                                   resample=resample))
             if pred.shape != case.label.shape:
                 raise ValueError(f"case {case_id}: image {case.image.shape} and label {case.label.shape} "
                                  "differ in shape; fix the dataset's load_case")

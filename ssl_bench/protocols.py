@@ -212,11 +212,26 @@ FIELD = Protocol(
 )
 
 #: every version of every protocol, by name then version
+from ssl_bench.protocols_la import LA_DATASETS, LA_PROTOCOLS  # noqa: E402  (the 3D track's protocols)
+
 VERSIONS: dict[str, dict[int, Protocol]] = {}
-for _p in (FIELD_V1, FIELD, PAPER, EQUAL):
+for _p in (FIELD_V1, FIELD, PAPER, EQUAL, *LA_PROTOCOLS):
     VERSIONS.setdefault(_p.name, {})[_p.version] = _p
 #: the newest version of each protocol (what the bare name selects)
 PROTOCOLS: dict[str, Protocol] = {n: v[max(v)] for n, v in VERSIONS.items()}
+
+
+def check_protocol_dataset(protocol: str, dataset: str, three_d: bool) -> None:
+    """Refuse a protocol on a dataset it was not written for: ``la-*`` off the LA datasets, and the
+    2D ``field`` recipe (SSL4MIS's 30k iterations at 12 + 12 slices) on a 3D dataset."""
+    if protocol.startswith("la-") and dataset not in LA_DATASETS:
+        raise ConfigError(f"protocol {protocol} is the Left Atrium recipe; use it with --dataset "
+                          f"{' or '.join(LA_DATASETS)} (for {dataset}: field, paper or equal)")
+    if (protocol == "field" or protocol.startswith("field-v")) and three_d:
+        raise ConfigError(f"protocol field is the 2D ACDC/LiTS recipe; on {dataset} use --protocol la-field "
+                          f"(the published LA rows) or la-clean")
+
+
 DEFAULT = "paper"
 
 

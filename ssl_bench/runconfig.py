@@ -84,10 +84,22 @@ class TrainConfig:
     eval_workers: int = 0  # processes scoring test cases; 0 = one per core the run may use
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     rampup: RampConfig = field(default_factory=RampConfig)
+    # -- 3D datasets and the LA protocols (issue 19; ssl_bench/volumetric.py). Left out of the
+    # config hash at their defaults (HASH_NEUTRAL), so runs made before they existed keep their dirs.
+    patch_size: list[int] = field(default_factory=list)  # 3D training patch (x, y, z); [] = the dataset's
+    sw_stride: list[int] = field(default_factory=list)  # sliding-window test strides (x, y, z); [] = the dataset's
+    lcc: bool = False  # 3D test: keep each class's largest connected component (SS-Net, BCP, AD-MT)
+    # lr x 0.1 every lr_step x the stage budget (UA-MT's LA schedule: 2500 of 6000); 0 = poly decay
+    lr_step: float = 0.0
+    # the cases that select the best checkpoint: the dataset's validation split; the test cases
+    # (the published LA selection, optimistic); or none (the last checkpoint is the best)
+    validation: Literal["split", "test", "none"] = "split"
 
     def __post_init__(self):
         if self.nesterov and self.momentum <= 0:
             raise ConfigError("nesterov=true needs momentum > 0; set momentum or nesterov=false")
+        if not 0 <= self.lr_step <= 1:
+            raise ConfigError(f"lr_step={self.lr_step}; a fraction of the stage budget in [0, 1] (0: poly decay)")
         if self.report_checkpoint not in ("best", "last"):
             raise ConfigError(f"report_checkpoint={self.report_checkpoint!r}; use best or last")
         if not self.budget_scale > 0:
@@ -129,6 +141,12 @@ class RunSpec:
         return self.setting.replace("% labeled", "pct").replace(" labeled", "lab").replace(" ", "-")
 
 
+_UNSET = object()
+#: keys added after runs existed: left out of the resolved config (and its hash) at these defaults
+HASH_NEUTRAL: dict[str, Any] = {"patch_size": [], "sw_stride": [], "lcc": False, "lr_step": 0.0,
+                                "validation": "split"}
+
+
 def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     train, method = {}, {}
     for k, v in overrides.items():
@@ -164,7 +182,7 @@ def resolved_dict(spec: RunSpec, train_cfg: TrainConfig, method_cfg) -> dict[str
 
     protocol = get_protocol(spec.protocol)  # "field" and "field-v2" are the same run
     d["protocol"], d["protocol_version"] = protocol.name, protocol.version
-    d["train"] = to_dict(train_cfg)
+    d["train"] = {k: v for k, v in to_dict(train_cfg).items() if HASH_NEUTRAL.get(k, _UNSET) != v}
     d["method_config"] = to_dict(method_cfg) if dataclasses.is_dataclass(method_cfg) else {}
     return d
 

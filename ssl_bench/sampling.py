@@ -93,8 +93,16 @@ class SlicePool:
         return x[:, None], y.long(), pos, c
 
 
+def make_pool(data):
+    """The pool of a dataset's training data: a ``SlicePool`` of 2D slices, or what the data makes
+    of itself (3D volumes: ``ssl_bench.volumetric.PatchPool``)."""
+    return data.make_pool() if hasattr(data, "make_pool") else SlicePool(data)
+
+
 def concat_pools(a, b) -> SlicePool:
     """Concatenate two slice sets (UNet-F trains on labeled + unlabeled cases with labels)."""
+    if hasattr(a, "concat"):  # 3D volumes
+        return a.concat(b).make_pool()
     pa, pb = SlicePool(a), SlicePool(b)
     off = int(pa.case_index.max()) + 1 if len(pa) else 0
     merged = SlicePool((np.concatenate([np.asarray(pa.images), np.asarray(pb.images)]),
@@ -134,7 +142,7 @@ def make_batch(lb: SlicePool, ulb: SlicePool | None, cfg, aug, g: torch.Generato
         x_u_raw, _, pos_u, case_u = ulb.sample(cfg.unlabeled_bs, g, device)  # their labels are never used
         case_u = case_u + 100_000  # distinct ids from labeled volumes
     else:
-        x_u_raw = torch.zeros(0, 1, *x_lb_raw.shape[-2:], device=x_lb_raw.device)
+        x_u_raw = torch.zeros(0, 1, *x_lb_raw.shape[2:], device=x_lb_raw.device)
         pos_u = torch.zeros(0, device=x_lb_raw.device)
         case_u = torch.zeros(0, dtype=torch.long, device=x_lb_raw.device)
     x_w, x_s = aug.pair(x_u_raw, g)

@@ -11,23 +11,25 @@ import dataclasses
 
 import torch
 
-from ssl_bench.augment import Augmenter
+from ssl_bench.augment import AugmentConfig, Augmenter
 from ssl_bench.config import apply_overrides
 from ssl_bench.registry import get_method_class
 
 
-def tiny_batch(n_lb=2, n_ulb=2, size=32, num_classes=4, seed=0):
+def tiny_batch(n_lb=2, n_ulb=2, size=32, num_classes=4, seed=0, dims=2):
+    """A tiny batch of ``dims``-D images (2: (B, 1, S, S) slices; 3: (B, 1, S, S, S) patches)."""
     from ssl_bench.methods.base import Batch
 
     g = torch.Generator().manual_seed(seed)
-    x_lb = torch.rand(n_lb, 1, size, size, generator=g)
+    spatial = (size,) * dims
+    x_lb = torch.rand(n_lb, 1, *spatial, generator=g)
     # blocky labels so that every class is present
-    y = torch.zeros(n_lb, size, size, dtype=torch.long)
+    y = torch.zeros(n_lb, *spatial, dtype=torch.long)
     q = size // 4
     for c in range(1, num_classes):
         y[:, q * (c - 1) + 2: q * c, 4: size - 4] = c
-    x_ulb = torch.rand(n_ulb, 1, size, size, generator=g)
-    aug = Augmenter()
+    x_ulb = torch.rand(n_ulb, 1, *spatial, generator=g)
+    aug = Augmenter() if dims == 2 else Augmenter(AugmentConfig(weak=["rot90", "flip"]))
     xw, xs = aug.pair(x_ulb, g)
     return Batch(x_lb=x_lb, y_lb=y, x_ulb=xw, x_ulb_strong=xs, x_ulb_raw=x_ulb,
                  x_lb_raw=x_lb.clone(), y_lb_raw=y.clone(),
@@ -36,16 +38,19 @@ def tiny_batch(n_lb=2, n_ulb=2, size=32, num_classes=4, seed=0):
 
 
 def tiny_setup(name: str, overrides: dict | None = None, size: int = 32, num_classes: int = 4,
-               total_iterations: int = 20, seed: int = 0):
+               total_iterations: int = 20, seed: int = 0, dims: int = 2):
+    """``dims=3``: the method on the field's V-Net and 3D patches (``size`` a multiple of 16)."""
     from ssl_bench.methods.base import MethodContext
 
     torch.manual_seed(seed)
     cls = get_method_class(name)
     cfg = apply_overrides(cls.Config(), overrides or {}, where=f"method {name}")
-    ctx = MethodContext(num_classes=num_classes, image_size=size, total_iterations=total_iterations,
-                        generator=torch.Generator().manual_seed(seed))
+    ctx = MethodContext(num_classes=num_classes, image_size=size if dims == 2 else (size,) * dims,
+                        total_iterations=total_iterations, generator=torch.Generator().manual_seed(seed),
+                        backbone="unet" if dims == 2 else "vnet",
+                        augment=Augmenter() if dims == 2 else Augmenter(AugmentConfig(weak=["rot90", "flip"])))
     method = cls(cfg, ctx)
-    return method, tiny_batch(size=size, num_classes=num_classes, seed=seed)
+    return method, tiny_batch(size=size, num_classes=num_classes, seed=seed, dims=dims)
 
 
 def check_stage(method, batch, step: int | None = None) -> dict:
@@ -97,13 +102,15 @@ def check_stage(method, batch, step: int | None = None) -> dict:
             "teacher_grads": teacher_grads, "ema_ok": ema_ok, "out": out}
 
 
-def run_contract(name: str, overrides: dict | None = None) -> list[dict]:
-    """The contract of every stage. Without ``overrides`` a method's ``contract_overrides`` (config
-    values that open a fixed confidence gate, which a random network on a tiny batch never passes)
-    apply; its own tests check the gate at its real value."""
+def run_contract(name: str, overrides: dict | None = None, dims: int = 2) -> list[dict]:
+    """The contract of every stage, on 2D slices (``dims=2``) or, ``dims=3``, on 32^3 patches with
+    the V-Net (its bottleneck is then 2^3: batch norm needs more than one value per channel).
+    Without ``overrides`` a method's ``contract_overrides`` (config values that open a fixed
+    confidence gate, which a random network on a tiny batch never passes) apply; its own tests
+    check the gate at its real value."""
     if overrides is None:
         overrides = dict(getattr(get_method_class(name), "contract_overrides", {}))
-    method, batch = tiny_setup(name, overrides)
+    method, batch = tiny_setup(name, overrides, **({} if dims == 2 else {"size": 32, "num_classes": 2, "dims": 3}))
     reports = []
     for stage in method.stages():
         method.set_stage(stage.name)

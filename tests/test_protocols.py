@@ -18,7 +18,7 @@ from ssl_bench.runconfig import RunSpec, resolve
 #: field v2 gained the recipes of ABD, AD-MT and UniMatch (issue 20) in the session that made it
 #: (was f3ecdb80c99f); no recipe of a method it had changed.
 FINGERPRINTS = {("field", 1): "cb54ff805a81", ("field", 2): "1326cc063d90", ("paper", 1): "611571f03c72",
-                ("equal", 1): "32c9a5f7735f"}
+                ("equal", 1): "32c9a5f7735f", ("la-field", 1): "259cd8b71237", ("la-clean", 1): "3d87e3963e9a"}
 
 FAST = {"iterations": "4", "labeled_bs": "2", "unlabeled_bs": "2", "val_every": "2",
         "checkpoint_every": "2", "log_every": "1", "eval_batch_size": "4"}

@@ -1,4 +1,4 @@
-"""Backbones. ``create_backbone("unet", ...)`` is the field's 2D U-Net; ``smp:<Arch>:<encoder>``
+"""Backbones. ``create_backbone("unet", ...)`` is the field's 2D U-Net, ``"vnet"`` the field's 3D V-Net; ``smp:<Arch>:<encoder>``
 builds any segmentation-models-pytorch model with random initialisation (nothing is downloaded).
 
 Every backbone offers ``forward(x) -> logits``, ``encode(x) -> [features]``,
@@ -77,12 +77,16 @@ class SmpBackbone(nn.Module):
 def create_backbone(name: str, in_channels: int = 1, num_classes: int = 4) -> nn.Module:
     if name == "unet":
         return UNet(in_channels, num_classes)
+    if name == "vnet":  # the field's 3D V-Net (ssl_bench/nets/vnet.py)
+        from .vnet import VNet
+
+        return VNet(in_channels, num_classes)
     if name.startswith("smp:"):
         parts = name.split(":")
         if len(parts) != 3:
             raise ValueError(f"backbone {name!r}: expected smp:<Arch>:<encoder>, e.g. smp:Unet:resnet18")
         return SmpBackbone(parts[1], parts[2], in_channels, num_classes)
-    raise ValueError(f"unknown backbone {name!r}; use 'unet' or 'smp:<Arch>:<encoder>' (e.g. smp:Unet:resnet18)")
+    raise ValueError(f"unknown backbone {name!r}; use 'unet', 'vnet' (3D) or 'smp:<Arch>:<encoder>' (e.g. smp:Unet:resnet18)")
 
 
 __all__ = ["UNet", "SmpBackbone", "create_backbone", "clone_reinitialised"]

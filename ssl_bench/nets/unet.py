@@ -52,10 +52,24 @@ class Encoder(nn.Module):
         return feats
 
 
+UP_MODES = ("transposed", "linear", "nearest")
+
+
+def _up2d(cin: int, cout: int, mode: str) -> nn.Module:
+    """x2 up-sampling: a transposed convolution, or bilinear / nearest interpolation then a 1x1
+    convolution (MC-Net's decoder variants)."""
+    if mode == "transposed":
+        return nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2)
+    if mode not in UP_MODES:
+        raise ValueError(f"unknown up-sampling {mode!r}; choose from {', '.join(UP_MODES)}")
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear" if mode == "linear" else "nearest"),
+                         nn.Conv2d(cin, cout, kernel_size=1))
+
+
 class UpBlock(nn.Module):
-    def __init__(self, cin: int, cskip: int, cout: int):
+    def __init__(self, cin: int, cskip: int, cout: int, up: str = "transposed"):
         super().__init__()
-        self.up = nn.ConvTranspose2d(cin, cskip, kernel_size=2, stride=2)
+        self.up = _up2d(cin, cskip, up)
         self.conv = ConvBlock(cskip * 2, cout, 0.0)
 
     def forward(self, x, skip):
@@ -66,11 +80,11 @@ class UpBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, channels, num_classes: int):
+    def __init__(self, channels, num_classes: int, up: str = "transposed"):
         super().__init__()
         ch = list(channels)
         self.ups = nn.ModuleList(
-            UpBlock(ch[i], ch[i - 1], ch[i - 1]) for i in range(len(ch) - 1, 0, -1)
+            UpBlock(ch[i], ch[i - 1], ch[i - 1], up) for i in range(len(ch) - 1, 0, -1)
         )
         self.head = nn.Conv2d(ch[0], num_classes, 3, padding=1)
 
@@ -83,7 +97,19 @@ class Decoder(nn.Module):
         return self.head(x), dec
 
 
-class UNet(nn.Module):
+class EncodeDecode:
+    """``forward_features`` and ``forward`` of a backbone from its ``encode`` and ``decode``."""
+
+    def forward_features(self, x):
+        feats = self.encode(x)
+        logits, dec = self.decode(feats)
+        return logits, feats, dec
+
+    def forward(self, x):
+        return self.decode(self.encode(x))[0]
+
+
+class UNet(EncodeDecode, nn.Module):
     """2D U-Net (about 1.8 M parameters for 1 input channel and 4 classes)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 4,
@@ -108,17 +134,10 @@ class UNet(nn.Module):
     def decode(self, feats):
         return self.decoder(feats)
 
-    def new_decoder(self) -> nn.Module:
-        dec = Decoder(self.encoder_channels, self.num_classes)
+    def new_decoder(self, up: str = "transposed") -> nn.Module:
+        """A freshly initialised decoder; ``up`` = transposed (as the main one), linear or nearest."""
+        dec = Decoder(self.encoder_channels, self.num_classes, up)
         return dec
-
-    def forward_features(self, x):
-        feats = self.encode(x)
-        logits, dec = self.decode(feats)
-        return logits, feats, dec
-
-    def forward(self, x):
-        return self.decode(self.encode(x))[0]
 
 
 def clone_reinitialised(module: nn.Module) -> nn.Module:
