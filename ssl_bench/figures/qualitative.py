@@ -81,7 +81,8 @@ def qualitative(runs: pd.DataFrame, data_root: Path, out_dir: Path, checkpoint: 
     methods = methods_in(chosen)
     per_method = method_checkpoints(chosen, checkpoint)
     cases = load_cases(chosen, per_method, results_root).frame
-    means = cases[cases["class"] == "mean"].groupby("case_id")["dice"].mean().dropna()
+    # a case's mean Dice over its foreground classes (the per-case frame holds one row per class)
+    means = cases.groupby("case_id")["dice"].mean().dropna()
     if means.empty:
         raise DataError("no per-case results (test_<checkpoint>_per_case.csv) for the chosen runs; "
                         "the qualitative figure picks its cases from them")
