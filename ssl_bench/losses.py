@@ -90,10 +90,5 @@ def masked_dice_loss(logits: torch.Tensor, target: torch.Tensor, keep: torch.Ten
     denominator is SSL4MIS's (and the ABD, AD-MT and UniMatch releases'), unlike ``dice_loss``.
     """
     probs = logits.float().softmax(1)
-    onehot = F.one_hot(target.long(), probs.shape[1]).movedim(-1, 1).float()
-    k = torch.ones_like(target, dtype=probs.dtype) if keep is None else keep.to(probs.dtype)
-    k = k.unsqueeze(1)
-    dims = (0, *range(2, probs.dim()))
-    inter = (probs * onehot * k).sum(dims)
-    denom = (probs * probs * k).sum(dims) + (onehot * k).sum(dims)
-    return 1.0 - ((2 * inter + eps) / (denom + eps)).mean()
+    weight = None if keep is None else keep.to(probs.dtype).unsqueeze(1)
+    return 1.0 - soft_dice(probs, one_hot(target, probs.shape[1]), "squared", eps, weight=weight).mean()
