@@ -330,3 +330,22 @@ def test_footnote_restates_what_the_runs_trained_with(tmp_path, mlflow_template_
     assert ("As run (gradient steps x slices per step, 64 px): UNet-L 1500 x 12 labeled, MT 1500 x (6 + 6), "
             "ACTION 4500 x (4 + 4).") in table.footnote
     assert tbl.as_run_line(df.drop(columns=["as_run.image_size"])) is None  # runs that did not log it
+
+
+def test_3d_runs_read_v_net_and_their_patch():
+    """On a 3D dataset the supervised rows are the V-Net's (the LA tables' V-Net-L/F), and the
+    as-run line gives the training patch (3D runs log image_size 0), not "0 px"."""
+    from ssl_bench.table.runs import display_name, method_order
+
+    assert (display_name("unet-l", "la"), display_name("unet-f", "la-small")) == ("V-Net-L", "V-Net-F")
+    assert (display_name("unet-l", "acdc"), display_name("unet-l"), display_name("mt", "la")) == ("UNet-L", "UNet-L", "MT")
+    assert method_order("V-Net-L") == method_order("UNet-L") < method_order("MT")
+    row = {"dataset": "la-small", "as_run.iterations": "450", "as_run.labeled_bs": "2", "as_run.unlabeled_bs": "2",
+           "as_run.image_size": "0", "as_run.budget_scale": "1.0"}
+    df = pd.DataFrame([{**row, "method": "unet-l", "as_run.supervised_whole_batch": "True", "as_run.patch_size": "[]"},
+                       {**row, "method": "mt", "as_run.supervised_whole_batch": "False",
+                        "as_run.patch_size": "[64, 64, 32]"}])
+    assert tbl.as_run_line(df) == ("As run (gradient steps x patches per step, patches of 64 x 64 x 32 voxels "
+                                   "(x, y, z)): V-Net-L 450 x 4 labeled, MT 450 x (2 + 2).")
+    df.loc[1, "as_run.patch_size"] = "[96, 96, 48]"  # the default (la-small: 64 x 64 x 32) beside another patch
+    assert "patches (x, y, z): 64 x 64 x 32 / 96 x 96 x 48" in tbl.as_run_line(df)

@@ -66,7 +66,7 @@ def comparison_tables(runs: pd.DataFrame, checkpoint: str = "reported") -> list[
                                           "n": stat.n if stat else 0,
                                           "published": float(pub) if pub else math.nan,
                                           "delta": stat.mean - float(pub) if stat and pub else math.nan})
-                    block.rows.append((f"{display_name(m)}, {s}", cells))
+                    block.rows.append((f"{display_name(m, dataset)}, {s}", cells))
             t.blocks.append(block)
             if name is None:
                 t.notes.append(f"No published figures for {dataset!r}.")

@@ -152,7 +152,7 @@ def table_family(runs: pd.DataFrame, cols, per_method, cases: CaseData, referenc
 
 
 def run_label(run) -> str:
-    return f"{display_name(run['method'])} {run['setting']} seed {run['seed']} split {run['split_seed']}"
+    return f"{display_name(run['method'], run.get('dataset'))} {run['setting']} seed {run['seed']} split {run['split_seed']}"
 
 
 def missing_runs(runs: pd.DataFrame, cases: CaseData) -> list[str]:
@@ -187,15 +187,15 @@ def _measured_block(table: Table, runs: pd.DataFrame, cols: list[tuple[str, str]
             bold = (flags["dice"][j][i], flags["asd_vox"][j][i])
             row_cells.append(measured_cell(dice, asd, *bold, *intervals, notes.get(("dice", j, i), ""),
                                            notes.get(("asd_vox", j, i), "")))
-            rec = cell_record("measured", dataset, s, m, display_name(m), c, per_method[m], dice, asd, *bold)
+            rec = cell_record("measured", dataset, s, m, display_name(m, dataset), c, per_method[m], dice, asd, *bold)
             if ci:
                 rec |= interval_fields(*intervals)
             table.records.append(rec | {"protocol": table.protocol, "reference_row": m in bounds})
-        block.rows.append((display_name(m), row_cells))
+        block.rows.append((display_name(m, dataset), row_cells))
     table.blocks.append(block)
     return statistics_lines(runs, tests, missing_runs(runs, cases), ci, family=family,
-                            bounds=[display_name(m) for m in bounds], unscored=cases.unscored,
-                            paired_with=display_name(reference) if reference else None)
+                            bounds=[display_name(m, dataset) for m in bounds], unscored=cases.unscored,
+                            paired_with=display_name(reference, dataset) if reference else None)
 
 
 def interval_fields(dice_ci, asd_ci) -> dict:

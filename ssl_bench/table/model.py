@@ -1,6 +1,7 @@
 """The table model (cells, blocks, tables), per-cell statistics and footnotes."""
 from __future__ import annotations
 
+import re
 import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -120,11 +121,29 @@ def as_run_line(runs) -> str | None:
             text = f"{steps} x {batch}"
             if text not in seen:
                 seen.append(text)
-            sizes.add(str(row["as_run.image_size"]))
-        per_method[display_name(method)] = " or ".join(seen)
+            sizes.add(_size_text(row))
+        per_method[display_name(method, r["dataset"].iloc[0] if "dataset" in r else None)] = " or ".join(seen)
     shown = ", ".join(f"{m} {per_method[m]}" for m in sorted(per_method, key=method_order))
+    three_d = any(" x " in z for z in sizes)
+    if three_d:
+        px = (f"patches of {sizes.pop()} voxels (x, y, z)" if len(sizes) == 1
+              else "patches (x, y, z): " + " / ".join(sorted(sizes)))
+        return f"As run (gradient steps x patches per step, {px}): {shown}."
     px = f"{sizes.pop()} px" if len(sizes) == 1 else "px: " + "/".join(sorted(sizes, key=int))
     return f"As run (gradient steps x slices per step, {px}): {shown}."
+
+
+def _size_text(row) -> str:
+    """A run's training image: its side in px (2D), or its 3D patch as "x x y x z" (the run's
+    ``patch_size``, else its dataset's default patch; 3D runs log ``image_size`` 0)."""
+    from .runs import _dataset_class
+
+    cls = _dataset_class(str(row.get("dataset", "")))
+    if getattr(cls, "spatial_dims", 2) != 3:
+        return str(row["as_run.image_size"])
+    raw = str(row.get("as_run.patch_size") or "")
+    patch = [int(v) for v in re.findall(r"\d+", raw)] or list(getattr(cls, "default_patch_size", ()))
+    return " x ".join(map(str, patch)) if patch else "?"
 
 
 def empty_asd_line(runs) -> str:

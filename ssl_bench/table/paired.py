@@ -51,8 +51,8 @@ def paired_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, reference: str
 def _table(d, dataset, ptag, ref, others, cols, per_method, checkpoint, results_root, min_runs) -> Table:
     cases = load_cases(d, per_method, results_root)
     family = table_family(d, cols, per_method, cases, ref, min_runs)
-    table = Table(title=f"{dataset}, protocol {ptag}: paired differences against {display_name(ref)}, "
-                        f"Δ = method − {display_name(ref)} ({shown_checkpoint(checkpoint, per_method)} checkpoint)",
+    table = Table(title=f"{dataset}, protocol {ptag}: paired differences against {display_name(ref, dataset)}, "
+                        f"Δ = method − {display_name(ref, dataset)} ({shown_checkpoint(checkpoint, per_method)} checkpoint)",
                   row_header="Method", columns=[class_label(c) for _, c in cols], groups=column_groups(cols),
                   protocol=ptag)
     block = Block(None)
@@ -66,15 +66,15 @@ def _table(d, dataset, ptag, ref, others, cols, per_method, checkpoint, results_
                 cell.append((_text(r, p_holm, metric), test.tested and p_holm < ALPHA))
                 table.records.append(_record(dataset, ptag, s, m, ref, c, metric, per_method[m], r, p_holm))
             cells.append(cell)
-        block.rows.append((display_name(m), cells))
+        block.rows.append((display_name(m, dataset), cells))
     table.blocks.append(block)
     table.footnote = [
         protocol_line(ptag), checkpoint_line(checkpoint, per_method),
-        f"Δ = method − {display_name(ref)}: difference of the statistics the main table shows (Average: mean "
+        f"Δ = method − {display_name(ref, dataset)}: difference of the statistics the main table shows (Average: mean "
         "over classes of the class means), on the same seeds, split seeds and patients (DSC in % points: positive "
         "is better; ASD in voxels: negative is better); [lo, hi]: its 95 % t interval (seed and patient "
         "spread); n = paired runs x patients.",
-        f"p: {TEST_TEXT}, {family_text(family.size, display_name(ref))} (the family of the main table "
+        f"p: {TEST_TEXT}, {family_text(family.size, display_name(ref, dataset))} (the family of the main table "
         f"too), needs >= {family.min_runs} paired runs; bold: adjusted p < {ALPHA}. The CSV adds "
         "p_wilcoxon_patients, a two-sided Wilcoxon signed-rank test on the seed-averaged per-patient differences "
         "(secondary: it leaves out the seed spread).",

@@ -48,7 +48,7 @@ ABLATION_METHOD = "action"
 #: the training params a table's footnote restates as run (a protocol's budget rule is its paper
 #: scale; runs may be smaller, e.g. the phantoms' CPU preset); columns ``as_run.<key>``
 AS_RUN_PARAMS = ("train.iterations", "train.budget_scale", "train.labeled_bs", "train.unlabeled_bs",
-                 "train.image_size", "train.supervised_whole_batch", "train.empty_asd")
+                 "train.image_size", "train.supervised_whole_batch", "train.empty_asd", "train.patch_size")
 
 
 class TableError(RuntimeError):
@@ -154,12 +154,22 @@ def base_method(method: str) -> str:
     return method.partition(":")[0]
 
 
-def display_name(method: str) -> str:
+#: the supervised rows' names on a 3D dataset, where they train the V-Net (the LA tables' spelling)
+VOLUMETRIC_NAMES = {"unet-l": "V-Net-L", "unet-f": "V-Net-F"}
+#: a 3D name -> the paper's row whose place it takes in the order
+ORDER_ALIASES = {"V-Net-L": "UNet-L", "V-Net-F": "UNet-F"}
+
+
+def display_name(method: str, dataset: str | None = None) -> str:
     """The method class's own ``display_name``, else the paper's spelling, else the name;
-    ``method:variant`` (several variants in one table) reads "ACTION (paper)"."""
+    ``method:variant`` (several variants in one table) reads "ACTION (paper)". On a 3D
+    ``dataset`` (``spatial_dims = 3``) the supervised rows read V-Net-L / V-Net-F."""
     if ":" in method:
         base, _, variant = method.partition(":")
-        return f"{display_name(base)} ({variant})"
+        return f"{display_name(base, dataset)} ({variant})"
+    if method in VOLUMETRIC_NAMES and dataset is not None \
+            and getattr(_dataset_class(dataset), "spatial_dims", 2) == 3:
+        return VOLUMETRIC_NAMES[method]
     try:
         from ssl_bench.registry import get_method_class
 
@@ -174,6 +184,7 @@ def display_name(method: str) -> str:
 def method_order(display: str) -> tuple:
     """The paper's order; variants ("ACTION (paper)") right after their method, by name."""
     base, _, variant = display.partition(" (")
+    base = ORDER_ALIASES.get(base, base)
     return (0, PAPER_ORDER.index(base), variant) if base in PAPER_ORDER else (1, 0, display.lower())
 
 
