@@ -48,3 +48,29 @@ def rebuild(
     if check.unreadable:
         console.print(f"left out {len(check.unreadable)} run dir(s) with an unreadable tags.json: "
                       + ", ".join(map(str, check.unreadable[:5])))
+
+
+@results_app.command("export")
+def export(
+    source: Path = typer.Argument(..., help="a results root holding run dirs"),
+    dest: Path = typer.Argument(..., help="where the records go, e.g. results/acdc/runs (same layout)"),
+):
+    """Copy the record of every finished run (config, split, environment, tags, log, metrics,
+    per-case results; no checkpoints) into DEST, so the result can be committed and re-tabled
+    from a clean clone (`results rebuild --results-root DEST`, then `table --results-root DEST`)."""
+    from ssl_bench import archive, tracking
+
+    if not source.is_dir() or not tracking.find_run_dirs(source):
+        fail(f"no run dirs under {source} (folders holding a tags.json); give the results root the runs wrote to")
+    try:
+        report = archive.export_runs(source, dest)
+    except archive.ExportError as exc:
+        fail(str(exc))
+    size = report.bytes / 2**20
+    console.print(f"exported {len(report.copied)} run record(s) to {dest} ({size:.2f} MiB); "
+                  f"{len(report.unchanged)} already there unchanged")
+    if report.unfinished:
+        console.print(f"[yellow]left out {len(report.unfinished)} run dir(s) not marked finished:[/] "
+                      + ", ".join(str(p.relative_to(source)) for p in report.unfinished))
+    for line in report.left_out:
+        console.print(f"[yellow]left out[/] {line}")
