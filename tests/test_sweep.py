@@ -371,3 +371,21 @@ def test_sweep_status_names_a_missing_sweep(tmp_path):
     assert res.exit_code == 2 and "no sweep under" in res.output
     res = runner.invoke(app, ["sweep", "status", "--results-root", str(tmp_path), "--sweep", "abc"])
     assert res.exit_code == 2 and "no sweep 'abc'" in res.output
+
+
+def test_sweep_id_tells_protocol_versions_apart(tmp_path):
+    """The same command under field v1 and v2 plans the same job names but other run dirs: each
+    gets its own sweep folder; the same plan again reuses its folder (relative run dirs, so the
+    id does not depend on where the results root is)."""
+    from ssl_bench.sweep.manifest import sweep_id_of
+    from ssl_bench.sweep.plan import Job, PlannedJob
+
+    job = Job("mt", "acdc", ("--labeled", "3"), 0, 0, ["--protocol", "field"])
+
+    def plan(root, version):
+        return [PlannedJob(job, root / "acdc" / "3lab" / f"field-v{version}" / "mt" / "seed0-split0-abc", 1000, 0,
+                           False, None, "mt")]
+
+    v1, v2 = sweep_id_of(tmp_path, plan(tmp_path, 1)), sweep_id_of(tmp_path, plan(tmp_path, 2))
+    assert v1 != v2
+    assert sweep_id_of(tmp_path / "elsewhere", plan(tmp_path / "elsewhere", 2)) == v2

@@ -3,8 +3,10 @@
 It lists every job of the sweep (name, command line, run dir, iterations, estimate) and what the
 launcher knows of it: the local slot, pid, host, start and end times and exit code, or the
 Slurm job id and log paths. ``ssl-bench sweep status`` reads it, with the run dirs, from any
-machine that sees the results root. The id is a hash of the job names, so re-running a sweep
-reuses its folder (and its logs); the manifest is rewritten atomically on every change.
+machine that sees the results root. The id is a hash of the job names and of their run dirs
+(which hold the protocol version and the config hash), so re-running a sweep reuses its folder
+(and its logs), while the same command under another protocol version or another resolved
+config gets its own; the manifest is rewritten atomically on every change.
 """
 from __future__ import annotations
 
@@ -17,6 +19,18 @@ from pathlib import Path
 from ssl_bench.datasets.base import atomic_write_text
 
 SWEEPS_DIR = "sweeps"
+
+
+def sweep_id_of(results_root: Path, planned) -> str:
+    """The sweep's id: a hash of each job's name and run dir (relative to the results root)."""
+    root = Path(results_root)
+
+    def where(run_dir: Path) -> str:
+        run_dir = Path(run_dir)
+        return (run_dir.relative_to(root) if run_dir.is_relative_to(root) else run_dir).as_posix()
+
+    lines = sorted(f"{p.job.name}\t{where(p.run_dir)}" for p in planned)
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()[:10]
 
 
 class Manifest:
@@ -36,8 +50,7 @@ class Manifest:
     def create(cls, results_root: Path, executor: str, planned, device: str, runtime=()) -> "Manifest":
         """A manifest for ``planned`` (``plan.PlannedJob``s, in launch order), whose jobs run
         with the ``runtime`` options (roots, tracking URI)."""
-        names = sorted(p.job.name for p in planned)
-        sweep_id = hashlib.sha1("\n".join(names).encode()).hexdigest()[:10]
+        sweep_id = sweep_id_of(results_root, planned)
         folder = Path(results_root) / SWEEPS_DIR / sweep_id
         jobs = [{"name": p.job.name, "argv": p.job.argv(runtime), "run_dir": str(p.run_dir), "iterations": p.iterations,
                  "estimate_s": p.remaining_s, "estimate_source": p.estimate.source if p.estimate else None,
