@@ -63,6 +63,10 @@ class Protocol:
     methods: Mapping[str, Recipe] = field(default_factory=dict)
     #: the paper's published rows were produced under this protocol (``--with-published``)
     published: bool = False
+    #: reference rows of its tables besides the upper bound UNet-F (``table.significance.is_bound``):
+    #: printed and compared against, never ranked for bold (e.g. a lower bound). A table matter,
+    #: not training: left out of the fingerprint.
+    bounds: tuple[str, ...] = ()
 
     @property
     def tag(self) -> str:
@@ -88,6 +92,7 @@ class Protocol:
         """A hash of everything the protocol sets (tests pin it to the version)."""
         content = asdict(self)
         content.pop("version")
+        content.pop("bounds")  # which rows compete for bold: tables only, the runs are the same
         return hashlib.sha1(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

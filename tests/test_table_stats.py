@@ -323,6 +323,27 @@ def test_unet_f_is_a_reference_row_and_never_bold(lits_store):
     assert all(r["reference_row"] == (r["method"] == "unet-f") for r in main.records)
 
 
+def test_a_method_a_protocol_lists_in_bounds_is_a_reference_row(lits_store, monkeypatch):
+    """A protocol's ``bounds`` makes a row a reference row like UNet-F: MT, bold above, is then
+    printed without bold and never ranked; the fingerprint (what runs train with) is unchanged."""
+    import dataclasses
+
+    from ssl_bench.protocols import PROTOCOLS
+
+    root, uri = lits_store
+    ptag = tbl.select_runs(tbl.load_runs(uri))["protocol_tag"].iloc[0]
+    name = str(ptag).rpartition("-v")[0]
+    marked = dataclasses.replace(PROTOCOLS[name], bounds=("mt",))
+    assert marked.fingerprint() == PROTOCOLS[name].fingerprint()
+    monkeypatch.setitem(PROTOCOLS, name, marked)
+    (main,), _, _ = lits_tables(uri, root)
+    md = tbl.render_md(main)
+    assert "**" not in rows_of(md)["MT"] and "**" not in rows_of(md)["UNet-F"]
+    assert "reference rows (UNet-F, MT) are not ranked and never bold" in md \
+        or "reference rows (MT, UNet-F) are not ranked and never bold" in md
+    assert all(r["reference_row"] == (r["method"] in ("unet-f", "mt")) for r in main.records)
+
+
 def test_missing_per_case_csv_is_named_in_a_warning_and_the_footnote(lits_store):
     root, uri = lits_store
     (main,), (paired,), warned = lits_tables(uri, root)

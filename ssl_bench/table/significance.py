@@ -36,7 +36,8 @@ UPPER_BOUNDS = ("unet-f",)
 
 
 def is_bound(method: str, protocol_tag: str | None = None) -> bool:
-    """A reference row (never bold): UNet-F, or a method the protocol lists in ``bounds``."""
+    """A reference row (never bold): UNet-F, or a method the protocol lists in ``bounds``
+    (e.g. a lower bound)."""
     if base_method(method) in UPPER_BOUNDS:
         return True
     if not protocol_tag:
