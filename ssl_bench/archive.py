@@ -73,7 +73,7 @@ def export_runs(source: Path, dest: Path) -> ExportReport:
     under ``dest``. A run whose files are all already there (byte-identical) is counted as
     unchanged; one whose destination holds a differing file raises ``ExportError`` before
     anything of it is written."""
-    from ssl_bench.tracking import find_run_dirs
+    from ssl_bench.run_index import find_run_dirs
 
     source, dest = Path(source), Path(dest)
     report = ExportReport()

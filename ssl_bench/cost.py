@@ -19,7 +19,7 @@ that worked on the run. The summary is the ``cost`` member of ``metrics.json``:
 The peaks are reset when the meter is made (``reset_peaks``), so each counts this run only.
 
 In MLflow they are the metrics ``cost/<key>`` and ``cost/stage_seconds/<stage>``
-(``ssl_bench.tracking.cost_metrics``), beside the test metrics.
+(``ssl_bench.run_index.cost_metrics``), beside the test metrics.
 """
 from __future__ import annotations
 

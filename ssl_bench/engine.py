@@ -230,7 +230,7 @@ class FitResult:
 
 def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | None = None,
         progress: bool = True, force: bool = False, console=None) -> FitResult:
-    from ssl_bench import lock, tracking
+    from ssl_bench import lock, mlflow_store, provenance, run_index, tracking
     from ssl_bench.evaluate import evaluate_cases, headline_metrics
 
     spec, cfg = run.spec, run.train_cfg
@@ -299,7 +299,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
         "seed": str(spec.seed), "split_seed": str(spec.split_seed), "split": run.resolved["split_name"],
         "ablation": method.ablation_tag(), "run_dir": str(run_dir),
         "variant": str(getattr(run.method_cfg, "variant", "") or ""),
-        "git_commit": tracking.git_commit(), "status": "running",
+        "git_commit": provenance.git_commit(), "status": "running",
         "protocol": run.resolved["protocol"], "protocol_version": str(run.resolved["protocol_version"]),
         "report_checkpoint": cfg.report_checkpoint,
     }
@@ -307,14 +307,14 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
         tags["augment"] = method.augment_tag()
     tags["device"] = device_name(device)
     params = dict(run.resolved)
-    params["package_versions"] = tracking.package_versions()
+    params["package_versions"] = provenance.package_versions()
     write_json(run_dir / "tags.json", tags)
     write_json(run_dir / "environment.json", {"git_commit": tags["git_commit"],
                                               "package_versions": params["package_versions"],
                                               "off_lock": {k: {"installed": a, "lock": b} for k, (a, b)
                                                            in lock.warn_if_off_lock().items()},
                                               "device": str(device)})
-    tracker = tracking.RunTracker(run_dir, tracking_uri or tracking.default_tracking_uri(run.results_root),
+    tracker = tracking.RunTracker(run_dir, tracking_uri or mlflow_store.default_tracking_uri(run.results_root),
                                   experiment or f"ssl-bench/{spec.dataset}",
                                   run_name(spec, run.resolved), tags, params)
     tracker.start()
@@ -426,7 +426,7 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
         metrics.update(status="finished", best_val_dice=state["best_val"], best_step=state["best_step"],
                        iterations=cfg.total_iterations, stages={s.name: n for s, n in zip(stages, its)})
         write_json(metrics_path, metrics)
-        tracker.log_final(tracking.final_metrics(metrics), [metrics_path, run_dir / "config.json", split_path,
+        tracker.log_final(run_index.final_metrics(metrics), [metrics_path, run_dir / "config.json", split_path,
                                                     run_dir / "test_best_per_case.csv"])
         tracker.set_status("finished")
         return FitResult(run_dir, "finished", metrics)

@@ -106,7 +106,7 @@ def build_report(runs: pd.DataFrame, root: Path, uri: str, data_root: Path, out:
                  mlflow_url: str = "http://127.0.0.1:5000") -> ReportResult:
     """Write the report of ``runs`` (one dataset and protocol) to ``out``, atomically."""
     from ssl_bench.datasets.base import atomic_write_text
-    from ssl_bench.tracking import git_commit
+    from ssl_bench.provenance import git_commit
 
     dataset, protocol = str(runs["dataset"].iloc[0]), str(runs["protocol_tag"].iloc[0])
     tables = _tables(runs, root, checkpoint, compare_to)

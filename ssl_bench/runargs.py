@@ -80,7 +80,7 @@ def prepare_run(method, dataset, labeled, ratio, split, split_seed, seed, protoc
                 data_root, results_root):
     """The ``engine.PreparedRun`` of ``ssl-bench run``'s options; raises the user errors it finds.
     A sweep resolves its jobs through it, so a job's run dir is the one its run will use."""
-    from ssl_bench import engine, tracking
+    from ssl_bench import engine, mlflow_store
     from ssl_bench.config import parse_set_options
     from ssl_bench.runconfig import RunSpec
 
@@ -93,4 +93,4 @@ def prepare_run(method, dataset, labeled, ratio, split, split_seed, seed, protoc
                    split_seed=split_seed, seed=seed, protocol=protocol, overrides=overrides)
     if labeled is not None and ratio is not None:
         raise ValueError("give either --labeled or --ratio, not both")
-    return engine.prepare(spec, engine.data_root(data_root), tracking.results_root(results_root))
+    return engine.prepare(spec, engine.data_root(data_root), mlflow_store.results_root(results_root))

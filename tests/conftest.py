@@ -41,10 +41,10 @@ pytest.approx = _approx_without_tensors
 def mlflow_template_db(tmp_path_factory):
     """An empty, fully migrated MLflow SQLite store, made once per session: creating one costs
     10-20 s of schema migrations, copying it costs milliseconds."""
-    from ssl_bench import tracking
+    from ssl_bench import mlflow_store
 
     db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    tracking.make_client(f"sqlite:///{db}").search_experiments()
+    mlflow_store.make_client(f"sqlite:///{db}").search_experiments()
     return db
 
 

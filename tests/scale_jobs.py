@@ -64,7 +64,7 @@ def wait_for(predicate, what: str, timeout_s: float = 600, proc=None, poll_s: fl
 
 
 def run_dirs(results_root: Path) -> list[Path]:
-    from ssl_bench.tracking import find_run_dirs
+    from ssl_bench.run_index import find_run_dirs
 
     return find_run_dirs(results_root)
 

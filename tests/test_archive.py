@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from ssl_bench import archive
 from ssl_bench import table as tbl
 from ssl_bench.cli import app
-from ssl_bench.tracking import rebuild_index
+from ssl_bench.run_index import rebuild_index
 
 from test_table_stats import add_case_run, case_values
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from ssl_bench import cost, engine, tracking
+from ssl_bench import cost, engine, mlflow_store, run_index, tracking
 from ssl_bench.runconfig import RunSpec
 
 
@@ -31,7 +31,7 @@ def test_meter_adds_stage_times_over_resumes_and_keeps_the_highest_peaks():
     assert summary["seconds_per_iteration"] == pytest.approx((10.0 + total) / 40)
     assert summary["device_hours"] == pytest.approx((10.0 + total + 3.6) / 3600)
     assert summary["device"] == "cpu"
-    flat = tracking.final_metrics({"flat": {"test/best/dice/mean": 0.5}, "cost": summary})
+    flat = run_index.final_metrics({"flat": {"test/best/dice/mean": 0.5}, "cost": summary})
     assert flat["test/best/dice/mean"] == 0.5
     assert flat["cost/stage_seconds/pretrain"] == 10.0 and flat["cost/image_size"] == 64.0
     assert "cost/peak_gpu_allocated_mb" not in flat and "cost/device" not in flat
@@ -53,7 +53,7 @@ def test_a_run_records_its_cost_in_metrics_json_and_mlflow(tmp_path):
     assert json.loads((res.run_dir / "tags.json").read_text())["device"] == "cpu"
 
     run_id = (res.run_dir / "mlflow_run_id").read_text().strip()
-    logged = MlflowClient(tracking.default_tracking_uri(tmp_path / "results")).get_run(run_id)
+    logged = MlflowClient(mlflow_store.default_tracking_uri(tmp_path / "results")).get_run(run_id)
     assert logged.data.metrics["cost/device_hours"] == pytest.approx(c["device_hours"])
     assert logged.data.metrics["cost/stage_seconds/finetune"] == pytest.approx(c["stage_seconds"]["finetune"])
     assert logged.data.tags["ssl_bench.device"] == "cpu"
@@ -71,7 +71,7 @@ def _run_with_cost(root, uri, name, seed, device_hours, rss, gpu=None):
                            "unlabeled_bs": 12, "peak_host_rss_mb": rss, "peak_gpu_allocated_mb": gpu,
                            "stage_seconds": {"train": train}}
     tracking._write_json(t.run_dir / "metrics.json", metrics)
-    t.log_final(tracking.final_metrics(metrics))
+    t.log_final(run_index.final_metrics(metrics))
     t.set_status("finished")
 
 
@@ -81,7 +81,7 @@ def test_table_cost_sums_device_hours_per_method_and_device(tmp_path):
     from ssl_bench.cli import app
 
     root = tmp_path / "results"
-    uri = tracking.default_tracking_uri(root)
+    uri = mlflow_store.default_tracking_uri(root)
     _run_with_cost(root, uri, "a", 0, 0.5, 900.0)
     _run_with_cost(root, uri, "b", 1, 1.5, 1200.0)
     _run_with_cost(root, uri, "c", 2, 2.0, 3000.0, gpu=5000.0)

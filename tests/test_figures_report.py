@@ -105,7 +105,7 @@ def test_cli_figure_logs_to_a_run_and_reports_bad_input(runs, tmp_path):
     from typer.testing import CliRunner
 
     from ssl_bench.cli import app
-    from ssl_bench.tracking import make_client
+    from ssl_bench.mlflow_store import make_client
 
     root, uri, r = runs
     run_id = str(r["run_id"].iloc[0])

@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from ssl_bench import tracking
+from ssl_bench import mlflow_store, run_index, tracking
 from ssl_bench.cli import app
 
 runner = CliRunner()
@@ -24,12 +24,12 @@ TAGS = {"method": "mt", "dataset": "tiny-test", "setting": "2 labeled", "split_s
 # imports first, then waits for the go file so that every process opens the fresh store at once
 OPEN_STORE = """
 import sys, time, pathlib
-from ssl_bench import tracking
+from ssl_bench import mlflow_store, run_index, tracking
 from mlflow import MlflowClient
 go = pathlib.Path(sys.argv[2])
 while not go.exists():
     time.sleep(0.01)
-client = tracking.make_client(sys.argv[1])
+client = mlflow_store.make_client(sys.argv[1])
 client.create_experiment("exp-" + sys.argv[3])
 """
 
@@ -83,7 +83,7 @@ def _table(root: Path, uri: str, *extra: str):
 
 def test_failed_logging_marks_the_run_and_rebuild_reindexes_it(tmp_path):
     root = tmp_path / "results"
-    uri = tracking.default_tracking_uri(root)
+    uri = mlflow_store.default_tracking_uri(root)
     ok = _finished_run(root, uri, "ok", 0.8, 0)
     flaky = tracking.RunTracker(root / "flaky", uri, "ssl-bench/tiny-test", "flaky seed1", {**TAGS, "seed": 1},
                                 {"train": {"iterations": 4}}, retry_attempts=1, retry_delay_s=0.0).start()
@@ -104,9 +104,9 @@ def test_failed_logging_marks_the_run_and_rebuild_reindexes_it(tmp_path):
     assert not (ok.run_dir / tracking.PENDING_MARKER).exists()
 
     client = MlflowClient(uri)
-    check = tracking.check_index(root, client)
+    check = run_index.check_index(root, client)
     assert check.missing == [flaky.run_dir] and check.running == []
-    (new_id,) = tracking.rebuild_index(root, uri)
+    (new_id,) = run_index.rebuild_index(root, uri)
     assert new_id != flaky.run_id
     assert client.get_run(flaky.run_id).info.lifecycle_stage == "deleted"  # the partial run
     run = client.get_run(new_id)
@@ -115,12 +115,12 @@ def test_failed_logging_marks_the_run_and_rebuild_reindexes_it(tmp_path):
     assert run.data.metrics["DSC/mean"] == pytest.approx(60.0) and run.data.metrics["ASD/mean"] == 2.0
     assert (flaky.run_dir / "mlflow_run_id").read_text().strip() == new_id
     assert not (flaky.run_dir / tracking.PENDING_MARKER).exists()
-    assert tracking.rebuild_index(root, uri) == []
+    assert run_index.rebuild_index(root, uri) == []
 
 
 def test_table_indexes_run_dirs_the_store_lacks_or_says_how_many_it_left_out(tmp_path):
     root = tmp_path / "results"
-    uri = tracking.default_tracking_uri(root)
+    uri = mlflow_store.default_tracking_uri(root)
     runs = [_finished_run(root, uri, f"r{i}", 0.5 + 0.1 * i, i) for i in range(3)]
     MlflowClient(uri).delete_run(runs[1].run_id)  # the index lost one run
     (runs[2].run_dir / tracking.PENDING_MARKER).write_text("{}")  # and holds another only in part
@@ -156,10 +156,10 @@ def _mean_n(csv_text: str) -> str:
 @pytest.mark.slow
 def test_results_rebuild_command(tmp_path):
     root = tmp_path / "results"
-    uri = tracking.default_tracking_uri(root)
+    uri = mlflow_store.default_tracking_uri(root)
     for i in range(2):
         _finished_run(root, uri, f"r{i}", 0.7, i)
-    tracking.sqlite_path(uri).write_bytes(b"not a database")  # e.g. damaged by racing migrations
+    mlflow_store.sqlite_path(uri).write_bytes(b"not a database")  # e.g. damaged by racing migrations
     # a fresh process, as from the shell (this one keeps MLflow's open store)
     cli = [sys.executable, "-m", "ssl_bench.cli", "results", "rebuild", "--results-root", str(root)]
     res = subprocess.run([*cli, "--fresh"], capture_output=True, text=True, timeout=300)
@@ -194,8 +194,8 @@ def test_store_lock_is_taken_once_per_process(tmp_path, monkeypatch):
     monkeypatch.setattr(filelock, "FileLock", counting)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tracking.make_client(uri).search_experiments()
-        tracking.make_client(uri).search_experiments()
+        mlflow_store.make_client(uri).search_experiments()
+        mlflow_store.make_client(uri).search_experiments()
     assert opened == [f"{tmp_path / 'results' / 'mlflow.db'}.lock"]
-    tracking.ensure_store("http://127.0.0.1:9")  # a server migrates its own database: no lock
+    mlflow_store.ensure_store("http://127.0.0.1:9")  # a server migrates its own database: no lock
     assert len(opened) == 1

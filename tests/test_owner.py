@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from ssl_bench import owner, tracking
+from ssl_bench import mlflow_store, owner, tracking
 from ssl_bench.sweep.status import job_status
 
 
@@ -32,7 +32,7 @@ def test_start_time_of_this_process_and_of_a_missing_one():
 
 
 def test_tracker_start_records_its_process(tmp_path):
-    t = tracking.RunTracker(tmp_path / "run", tracking.default_tracking_uri(tmp_path), "ssl-bench/tiny-test", "r",
+    t = tracking.RunTracker(tmp_path / "run", mlflow_store.default_tracking_uri(tmp_path), "ssl-bench/tiny-test", "r",
                             {"method": "mt"}, {})
     t.start()
     tags = json.loads((tmp_path / "run" / "tags.json").read_text())

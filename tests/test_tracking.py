@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from ssl_bench import tracking
+from ssl_bench import mlflow_store, provenance, run_index, tracking
 from ssl_bench.tracking import RunTracker
 
 TAGS = {"method": "mt", "dataset": "acdc-phantom", "setting": "3 labeled", "seed": 0, "split_seed": 0,
@@ -41,16 +41,16 @@ def make_tracker(tmp_path: Path, name: str = "run", uri: str | None = None, **kw
 
 def test_roots_and_default_uri(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.results_root() == (tmp_path / "results").resolve()  # $SSL_BENCH_RESULTS (conftest)
-    assert tracking.results_root(tmp_path / "cli") == (tmp_path / "cli").resolve()
+    assert mlflow_store.results_root() == (tmp_path / "results").resolve()  # $SSL_BENCH_RESULTS (conftest)
+    assert mlflow_store.results_root(tmp_path / "cli") == (tmp_path / "cli").resolve()
     monkeypatch.delenv("SSL_BENCH_RESULTS")
     monkeypatch.chdir(tmp_path)
-    assert tracking.results_root() == (tmp_path / "results" / "runs").resolve()
-    assert tracking.default_tracking_uri(tmp_path / "r") == f"sqlite:///{(tmp_path / 'r').resolve()}/mlflow.db"
-    assert tracking.default_tracking_uri(tmp_path, "sqlite:///x.db") == "sqlite:///x.db"
+    assert mlflow_store.results_root() == (tmp_path / "results" / "runs").resolve()
+    assert mlflow_store.default_tracking_uri(tmp_path / "r") == f"sqlite:///{(tmp_path / 'r').resolve()}/mlflow.db"
+    assert mlflow_store.default_tracking_uri(tmp_path, "sqlite:///x.db") == "sqlite:///x.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
-    assert tracking.default_tracking_uri(tmp_path) == "sqlite:///env.db"
-    assert tracking.default_tracking_uri(tmp_path, "sqlite:///cli.db") == "sqlite:///cli.db"
+    assert mlflow_store.default_tracking_uri(tmp_path) == "sqlite:///env.db"
+    assert mlflow_store.default_tracking_uri(tmp_path, "sqlite:///cli.db") == "sqlite:///cli.db"
 
 
 def test_tracker_writes_run_dir_and_mlflow(tmp_path, store):
@@ -86,7 +86,7 @@ def test_tracker_writes_run_dir_and_mlflow(tmp_path, store):
     assert run.data.params["train.iterations"] == "100"
     assert run.data.params["bad key_"] == "1"
     notes = run.data.params["notes"]
-    assert notes.endswith("...[truncated]") and len(notes) <= tracking._max_param_length() < 10_000
+    assert notes.endswith("...[truncated]") and len(notes) <= mlflow_store._max_param_length() < 10_000
     assert run.data.metrics["test/best/dice/mean"] == 0.8
     assert [m.value for m in client.get_metric_history(t.run_id, "train/loss")] == [0.5, 0.4]
     assert [m.step for m in client.get_metric_history(t.run_id, "train/loss")] == [10, 20]
@@ -179,7 +179,7 @@ def test_with_retry_retries_only_transient_errors():
             raise RuntimeError("database is locked")
         return "ok"
 
-    assert tracking.with_retry(flaky, attempts=5, delay_s=0.0) == "ok" and len(attempts) == 3
+    assert mlflow_store.with_retry(flaky, attempts=5, delay_s=0.0) == "ok" and len(attempts) == 3
 
     def broken():
         attempts.append(1)
@@ -187,7 +187,7 @@ def test_with_retry_retries_only_transient_errors():
 
     attempts.clear()
     with pytest.raises(ValueError):
-        tracking.with_retry(broken, attempts=5, delay_s=0.0)
+        mlflow_store.with_retry(broken, attempts=5, delay_s=0.0)
     assert len(attempts) == 1
 
 
@@ -217,7 +217,7 @@ def test_rebuild_index_recreates_runs_from_run_dirs(tmp_path, store):
     live = make_tracker(tmp_path, "live").start()  # a job still running owns its run id
     # the store is lost: rebuild into a fresh one (same as deleting mlflow.db between processes)
     uri = store(tmp_path / "fresh")
-    created = tracking.rebuild_index(root, uri)
+    created = run_index.rebuild_index(root, uri)
     assert len(created) == 2 and done.run_id not in created
     client = MlflowClient(uri)
     by_name = {r.data.tags["mlflow.runName"]: r for r in client.search_runs(
@@ -229,23 +229,23 @@ def test_rebuild_index_recreates_runs_from_run_dirs(tmp_path, store):
     assert run.data.metrics["test/best/dice/mean"] == 0.8
     assert [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")] == [0.9, 0.4]
     assert (done.run_dir / "mlflow_run_id").read_text().strip() == run.info.run_id
-    assert tracking.rebuild_index(root, uri) == []  # idempotent
+    assert run_index.rebuild_index(root, uri) == []  # idempotent
     assert (live.run_dir / "mlflow_run_id").read_text().strip() == live.run_id
-    (revived,) = tracking.rebuild_index(root, uri, include_running=True)
+    (revived,) = run_index.rebuild_index(root, uri, include_running=True)
     assert client.get_run(revived).info.status == "RUNNING"
 
 
 def test_final_metrics_reads_engine_and_flat_formats():
-    assert tracking.final_metrics({"status": "finished", "flat": {"a": 1, "b": None}, "test": {}})["a"] == 1.0
-    assert tracking.final_metrics({"a": 2.0, "status": "finished", "ok": True}) == {"a": 2.0}
+    assert run_index.final_metrics({"status": "finished", "flat": {"a": 1, "b": None}, "test": {}})["a"] == 1.0
+    assert run_index.final_metrics({"a": 2.0, "status": "finished", "ok": True}) == {"a": 2.0}
 
 
 def test_package_versions_and_git_commit(tmp_path):
-    versions = tracking.package_versions()
+    versions = provenance.package_versions()
     assert set(versions) == {"torch", "numpy", "smp", "timm", "mlflow", "medpy", "scipy", "pandas",
                              "ssl-bench", "python"}
     assert versions["python"].count(".") == 2
-    assert tracking.git_commit(tmp_path) == "unknown"
+    assert provenance.git_commit(tmp_path) == "unknown"
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -255,12 +255,12 @@ def test_package_versions_and_git_commit(tmp_path):
     subprocess.run([*git, "add", "a.py"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "init"], check=True)
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    assert tracking.git_commit(repo) == head
+    assert provenance.git_commit(repo) == head
     (repo / "a.py").write_text("x = 2\n")
-    assert tracking.git_commit(repo) == head + "-dirty"
+    assert provenance.git_commit(repo) == head + "-dirty"
     sub = repo / "pkg"
     sub.mkdir()
-    assert tracking.git_commit(sub) == "unknown"  # inside a repository, but not its top level
+    assert provenance.git_commit(sub) == "unknown"  # inside a repository, but not its top level
 
 
 def test_context_manager_marks_failed_on_exception(tmp_path, store):
@@ -273,18 +273,18 @@ def test_context_manager_marks_failed_on_exception(tmp_path, store):
 
 
 def test_short_filter_tags_and_training_experiment_kind(tmp_path, store):
-    tags = tracking.mlflow_tags({**TAGS, "protocol": "paper", "protocol_version": "2", "run_dir": "/x"})
+    tags = mlflow_store.mlflow_tags({**TAGS, "protocol": "paper", "protocol_version": "2", "run_dir": "/x"})
     assert tags["ssl_bench.method"] == "mt" and tags["method"] == "mt" and tags["setting"] == "3 labeled"
     assert tags["protocol"] == "paper-v2" and tags["ssl_bench.protocol"] == "paper" and "run_dir" not in tags
     uri = store(tmp_path / "r")
     client = MlflowClient(uri)
-    key, value = tracking.EXPERIMENT_KIND
-    new = tracking.get_or_create_experiment(client, "ssl-bench/new", uri)
+    key, value = mlflow_store.EXPERIMENT_KIND
+    new = mlflow_store.get_or_create_experiment(client, "ssl-bench/new", uri)
     assert client.get_experiment(new).tags[key] == value
     old = client.create_experiment("ssl-bench/old")  # a store made before the tag existed
     assert key not in client.get_experiment(old).tags
-    tracking.get_or_create_experiment(client, "ssl-bench/old", uri)
+    mlflow_store.get_or_create_experiment(client, "ssl-bench/old", uri)
     assert client.get_experiment(old).tags[key] == value
     client.set_experiment_tag(old, key, "genai_development")  # the user's own choice stays
-    assert not tracking.mark_training_experiment(client, client.get_experiment(old))
+    assert not mlflow_store.mark_training_experiment(client, client.get_experiment(old))
     assert client.get_experiment(old).tags[key] == "genai_development"

@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from scale_jobs import TINY, cli, job_env, metrics, run_dirs, run_options, toy_dataset, wait_for
-from ssl_bench import tracking
+from ssl_bench import run_index, tracking
 
 SEEDS = range(1, 9)
 
@@ -78,7 +78,7 @@ def _assert_indexed(uri: str, root, n: int = 8) -> None:
     seeds = set()
     for d in dirs:
         run = by_id[(d / "mlflow_run_id").read_text().strip()]
-        expected = tracking.final_metrics(metrics(d))
+        expected = run_index.final_metrics(metrics(d))
         assert {k: run.data.metrics[k] for k in expected} == pytest.approx(expected, nan_ok=True)
         assert any(k.startswith("test/best/dice/") for k in expected) and "cost/device_hours" in expected
         assert run.data.tags["ssl_bench.status"] == "finished"

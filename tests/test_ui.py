@@ -141,7 +141,8 @@ def old_style_run(root: Path, uri: str) -> str:
     """A finished run as ssl-bench logged it before the headline metrics and short tags existed."""
     from mlflow import MlflowClient
 
-    from ssl_bench.tracking import FILTER_TAGS, RunTracker
+    from ssl_bench.mlflow_store import FILTER_TAGS
+    from ssl_bench.tracking import RunTracker
 
     t = RunTracker(root / "old", uri, "ssl-bench/tiny-test", "old run",
                    {"method": "mt", "dataset": "tiny-test", "setting": "3 labeled", "seed": 5, "split_seed": 0}, {})

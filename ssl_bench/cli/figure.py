@@ -39,7 +39,7 @@ def figure(
     tracking_uri: Optional[str] = TRACKING_URI,
 ) -> None:
     """Draw one figure from the recorded runs (PNG and PDF)."""
-    from ssl_bench import engine, figures, tracking
+    from ssl_bench import engine, figures, mlflow_store
     from ssl_bench.cli.selection import selected_runs
 
     if checkpoint not in CHECKPOINTS:
@@ -48,7 +48,7 @@ def figure(
         if kind is Kind.imbalance:
             if not dataset:
                 fail("imbalance needs at least one --dataset (repeatable)")
-            uri = tracking.default_tracking_uri(tracking.results_root(results_root), tracking_uri)
+            uri = mlflow_store.default_tracking_uri(mlflow_store.results_root(results_root), tracking_uri)
             result = figures.imbalance(dataset, engine.data_root(data_root), out_dir,
                                        name=f"imbalance_{'+'.join(dataset)}")
         else:

@@ -41,12 +41,12 @@ def reproduce(
     results_root: Optional[Path] = RESULTS_ROOT,
 ) -> None:
     """Run the exact grid behind one of the paper's tables (resumable), then compare with the paper."""
-    from ssl_bench import engine, tracking
+    from ssl_bench import engine, mlflow_store
     from ssl_bench import reproduce as rep
     from ssl_bench.protocols import get_protocol
     from ssl_bench.registry import get_dataset_class
 
-    rr = tracking.results_root(results_root)
+    rr = mlflow_store.results_root(results_root)
     try:
         grid = rep.get_grid(table)
         proto = get_protocol(protocol or grid.protocol)
@@ -80,7 +80,7 @@ def reproduce(
         get_dataset_class(req.dataset)(engine.data_root(data_root))  # phantoms are generated once, here
     except user_errors() as exc:
         fail(str(exc))
-    uri = tracking.default_tracking_uri(rr, tracking_uri)
+    uri = mlflow_store.default_tracking_uri(rr, tracking_uri)
     from ssl_bench.sweep import SweepInterrupted, launch
 
     try:
@@ -158,9 +158,9 @@ def _print_estimate(req, results_root: Path) -> None:
 
 def _print_comparison(req, uri: str, results_root: Path, fmt: str, output: Path | None) -> None:
     from ssl_bench import table as tbl
-    from ssl_bench import tracking
+    from ssl_bench import run_index
 
-    tracking.sync_index(results_root, uri)  # the run dirs are the record: index any the store lacks
+    run_index.sync_index(results_root, uri)  # the run dirs are the record: index any the store lacks
     runs = tbl.select_runs(tbl.load_runs(uri), req.dataset, list(dict.fromkeys(j.method for j in req.jobs())),
                            protocol=req.protocol)
     if runs.empty:

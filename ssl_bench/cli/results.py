@@ -25,14 +25,14 @@ def rebuild(
     fresh: bool = typer.Option(False, "--fresh", help="move the SQLite store aside (kept as mlflow.db.moved-<time>) and index every run dir anew"),
 ):
     """Index the run dirs that MLflow lacks (or holds only in part) from their files."""
-    from ssl_bench import tracking
+    from ssl_bench import mlflow_store, run_index
 
-    root = tracking.results_root(results_root)
-    uri = tracking.default_tracking_uri(root, tracking_uri)
-    if not tracking.find_run_dirs(root):
+    root = mlflow_store.results_root(results_root)
+    uri = mlflow_store.default_tracking_uri(root, tracking_uri)
+    if not run_index.find_run_dirs(root):
         fail(f"no run dirs under {root} (folders holding a tags.json); pass --results-root")
     if fresh:
-        db = tracking.sqlite_path(uri)
+        db = mlflow_store.sqlite_path(uri)
         if db is None:
             fail(f"--fresh moves a SQLite store aside; {uri} is not one (for a server, point "
                  "--tracking-uri at a new, empty server instead)")
@@ -40,7 +40,7 @@ def rebuild(
             moved = db.with_name(f"{db.name}.moved-{time.strftime('%Y%m%d-%H%M%S')}")
             db.rename(moved)
             console.print(f"moved {db} to {moved}")
-    check, created = tracking.sync_index(root, uri, include_running)
+    check, created = run_index.sync_index(root, uri, include_running)
     console.print(f"indexed {len(created)} run dir(s) of {root} into {uri}")
     if check.running and not include_running:
         console.print(f"left out {len(check.running)} run dir(s) still marked running (a live job owns "
@@ -58,9 +58,9 @@ def export(
     """Copy the record of every finished run (config, split, environment, tags, log, metrics,
     per-case results; no checkpoints) into DEST, so the result can be committed and re-tabled
     from a clean clone (`results rebuild --results-root DEST`, then `table --results-root DEST`)."""
-    from ssl_bench import archive, tracking
+    from ssl_bench import archive, run_index
 
-    if not source.is_dir() or not tracking.find_run_dirs(source):
+    if not source.is_dir() or not run_index.find_run_dirs(source):
         fail(f"no run dirs under {source} (folders holding a tags.json); give the results root the runs wrote to")
     try:
         report = archive.export_runs(source, dest)

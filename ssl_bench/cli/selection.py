@@ -15,13 +15,13 @@ def selected_runs(results_root: Path | None, tracking_uri: str | None, dataset: 
                   ) -> tuple[Path, str, pd.DataFrame]:
     """(results root, tracking URI, finished runs of one dataset and protocol)."""
     from ssl_bench import table as tbl
-    from ssl_bench import tracking
+    from ssl_bench import mlflow_store, run_index
     from ssl_bench.cli.table import _describe, _reconcile_index
 
-    root = tracking.results_root(results_root)
-    uri = tracking.default_tracking_uri(root, tracking_uri)
-    db = tracking.sqlite_path(uri)
-    if db is not None and not db.exists() and not tracking.find_run_dirs(root):
+    root = mlflow_store.results_root(results_root)
+    uri = mlflow_store.default_tracking_uri(root, tracking_uri)
+    db = mlflow_store.sqlite_path(uri)
+    if db is not None and not db.exists() and not run_index.find_run_dirs(root):
         fail(f"no MLflow store at {db} and no run dirs under {root}: run `ssl-bench run` first, "
              "or pass --results-root / --tracking-uri", code=1)
     _reconcile_index(root, uri, True, "finished")

@@ -119,12 +119,12 @@ def status(
     sweep_id: Optional[str] = typer.Option(None, "--sweep", help="sweep id (default: the latest under the results root)"),
 ):
     """The state of every job of a sweep (any executor, any machine that sees the results root)."""
-    from ssl_bench import tracking
+    from ssl_bench import mlflow_store
     from ssl_bench.sweep.manifest import Manifest
     from ssl_bench.sweep.status import job_statuses, render
 
     try:
-        manifest = Manifest.find(tracking.results_root(results_root), sweep_id)
+        manifest = Manifest.find(mlflow_store.results_root(results_root), sweep_id)
     except FileNotFoundError as exc:
         fail(str(exc))
     statuses = job_statuses(manifest)

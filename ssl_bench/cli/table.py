@@ -56,12 +56,12 @@ def table_command(
 ) -> None:
     """Print the results table (Tables 1/2 layout; Tables 3/4 with --ablation)."""
     from ssl_bench import table as tbl
-    from ssl_bench import tracking
+    from ssl_bench import mlflow_store, run_index
 
-    root = tracking.results_root(results_root)
-    uri = tracking.default_tracking_uri(root, tracking_uri)
-    db = tracking.sqlite_path(uri)
-    if db is not None and not db.exists() and not tracking.find_run_dirs(root):
+    root = mlflow_store.results_root(results_root)
+    uri = mlflow_store.default_tracking_uri(root, tracking_uri)
+    db = mlflow_store.sqlite_path(uri)
+    if db is not None and not db.exists() and not run_index.find_run_dirs(root):
         _fail(f"no MLflow store at {db}: no run has been recorded there yet "
               "(run `ssl-bench run` first, or pass --results-root / --tracking-uri)")
     try:
@@ -114,15 +114,15 @@ def table_command(
 def _reconcile_index(root: Path, uri: str, reindex: bool, status: str) -> None:
     """The run dirs are the record and MLflow their index: never print a table that silently
     misses runs on disk. Index the run dirs the store lacks, or say how many are left out."""
-    from ssl_bench import tracking
+    from ssl_bench import mlflow_store, run_index
 
     if reindex:
-        check, created = tracking.sync_index(root, uri)
+        check, created = run_index.sync_index(root, uri)
         if created:
             typer.echo(f"indexed {len(created)} run dir(s) of {root} that MLflow lacked", err=True)
         missing = []
     else:
-        check = tracking.check_index(root, tracking.make_client(uri))
+        check = run_index.check_index(root, mlflow_store.make_client(uri))
         missing = check.missing
     running = check.running if status in ("running", "all") else []
     left_out = len(missing) + len(running) + len(check.unreadable)

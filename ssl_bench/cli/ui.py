@@ -8,7 +8,7 @@ the whole process group: SIGTERM, then SIGKILL for whatever is still there after
 ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` says otherwise.
 
 Before starting, every ``ssl-bench`` experiment of the store is marked as model training
-(``tracking.EXPERIMENT_KIND``), its runs logged before they existed get the headline metrics and
+(``mlflow_store.EXPERIMENT_KIND``), its runs logged before they existed get the headline metrics and
 the short filter tags, and it gets a shared view of the runs table (``HEADLINE_VIEW``: MLflow
 3.17 shows no metric column by default) with DSC and ASD, mean and per class, and the filter tags
 as columns. MLflow 3.17's UI also keeps a GenAI / Model training switch of its own (remembered
@@ -116,10 +116,10 @@ def ui(
     workers: int = typer.Option(1, "--workers", min=1, help="server worker processes (one serves one user well)"),
 ):
     """Open the MLflow UI on the results store (Ctrl-C stops the whole server)."""
-    from ssl_bench import tracking
+    from ssl_bench import mlflow_store
 
-    uri = tracking.default_tracking_uri(tracking.results_root(results_root), tracking_uri)
-    db = tracking.sqlite_path(uri)
+    uri = mlflow_store.default_tracking_uri(mlflow_store.results_root(results_root), tracking_uri)
+    db = mlflow_store.sqlite_path(uri)
     if db is not None and not db.exists():
         fail(f"no MLflow store at {db}: no run has been recorded there yet "
              "(run `ssl-bench run` first, or pass --results-root / --tracking-uri)")
@@ -160,13 +160,13 @@ def _prepare_store(uri: str) -> list[tuple[str, str]]:
     """Make every ssl-bench experiment open usefully; returns their (id, name)."""
     from mlflow.entities import ViewType
 
-    from ssl_bench import tracking
+    from ssl_bench import mlflow_store
 
-    client = tracking.make_client(uri)
+    client = mlflow_store.make_client(uri)
     out = []
     for exp in client.search_experiments(view_type=ViewType.ACTIVE_ONLY):
-        if exp.name.startswith(tracking.DEFAULT_EXPERIMENT):
-            tracking.mark_training_experiment(client, exp)
+        if exp.name.startswith(mlflow_store.DEFAULT_EXPERIMENT):
+            mlflow_store.mark_training_experiment(client, exp)
             metric_keys = _add_ui_fields(client, exp.experiment_id)
             _save_headline_view(client, exp.experiment_id, metric_keys)
             out.append((exp.experiment_id, exp.name))
@@ -178,7 +178,7 @@ def _add_ui_fields(client, experiment_id: str) -> set[str]:
     returns the headline metric names of the experiment."""
     from mlflow.entities import Metric, RunTag
 
-    from ssl_bench import tracking
+    from ssl_bench import mlflow_store
     from ssl_bench.evaluate import headline_metrics
 
     keys: set[str] = set()
@@ -187,10 +187,10 @@ def _add_ui_fields(client, experiment_id: str) -> set[str]:
         page = client.search_runs([experiment_id], max_results=1000, page_token=token)
         for run in page:
             have, tags = run.data.metrics, run.data.tags
-            bare = {k[len(tracking.TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(tracking.TAG_PREFIX)}
+            bare = {k[len(mlflow_store.TAG_PREFIX):]: v for k, v in tags.items() if k.startswith(mlflow_store.TAG_PREFIX)}
             metrics = headline_metrics(have, bare.get("report_checkpoint") or "best")
             new_metrics = [Metric(k, v, run.info.end_time or 0, 0) for k, v in metrics.items() if k not in have]
-            new_tags = [RunTag(k, v) for k, v in tracking.mlflow_tags(bare).items() if k not in tags]
+            new_tags = [RunTag(k, v) for k, v in mlflow_store.mlflow_tags(bare).items() if k not in tags]
             if new_metrics or new_tags:
                 client.log_batch(run.info.run_id, metrics=new_metrics, tags=new_tags)
             keys.update(metrics)

@@ -113,7 +113,7 @@ def methods_in(runs: pd.DataFrame) -> list[str]:
 
 def log_figures(result: FigureResult, run_id: str, tracking_uri: str) -> None:
     """Attach the figure's files to an MLflow run (artifact folder ``figures/``)."""
-    from ssl_bench.tracking import make_client, with_retry
+    from ssl_bench.mlflow_store import make_client, with_retry
 
     client = make_client(tracking_uri)
     for path in result.paths:

@@ -8,7 +8,7 @@ executor only decides *where* it runs (``local``: a pool of GPU or CPU slots; ``
 array job through submitit), so a job that works locally works on the cluster. Every job is
 idempotent: a finished run is skipped, an interrupted one resumes from its last checkpoint, so
 re-running a sweep finishes it. Before any job starts, the MLflow store is created and migrated
-once (``tracking.ensure_store``; a tracking server must answer). ``<results root>/sweeps/<id>/``
+once (``mlflow_store.ensure_store``; a tracking server must answer). ``<results root>/sweeps/<id>/``
 holds the manifest that ``ssl-bench sweep status`` reads, and the logs.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def launch(jobs: Sequence[Job], *, executor: str = "local", results_root: str | 
     ``None`` for each submitted job. Finished jobs are skipped and reported as 0.
     ``dry_run``: print the plan only (returns {}).
     """
-    from ssl_bench import tracking
+    from ssl_bench import mlflow_store
 
     def say(text: str) -> None:
         if console is None:
@@ -45,7 +45,7 @@ def launch(jobs: Sequence[Job], *, executor: str = "local", results_root: str | 
         else:
             console.print(text, soft_wrap=True, highlight=False, markup=False)
 
-    root = tracking.results_root(results_root)
+    root = mlflow_store.results_root(results_root)
     runtime = runtime_args(root, Path(data_root) if data_root else None, tracking_uri)
     if executor == "local":
         slots, device = make_slots(gpus, jobs_per_gpu, cpu_jobs)
@@ -59,9 +59,9 @@ def launch(jobs: Sequence[Job], *, executor: str = "local", results_root: str | 
     if dry_run:
         return {}
     # one store initialisation, under its lock, before any job logs (a server must answer now)
-    uri = tracking.default_tracking_uri(root, tracking_uri)
+    uri = mlflow_store.default_tracking_uri(root, tracking_uri)
     try:
-        tracking.make_client(uri).search_experiments(max_results=1)
+        mlflow_store.make_client(uri).search_experiments(max_results=1)
     except Exception as exc:
         raise ValueError(f"the MLflow store {uri} does not answer ({type(exc).__name__}: {str(exc)[:200]}); "
                          "start the server or fix --tracking-uri") from exc

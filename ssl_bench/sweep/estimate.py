@@ -82,7 +82,7 @@ class StepTimes:
 
     @cached_property
     def from_runs(self) -> list[tuple[str, Measured]]:
-        from ssl_bench.tracking import find_run_dirs
+        from ssl_bench.run_index import find_run_dirs
 
         found: dict[tuple, list[float]] = {}
         for run_dir in find_run_dirs(self.results_root):

@@ -48,7 +48,7 @@ class CaseData:
 
 def moved_run_dirs(results_root: Path | None) -> dict[str, Path]:
     """run id -> run dir of every run dir under ``results_root`` (by its ``mlflow_run_id``)."""
-    from ssl_bench.tracking import find_run_dirs
+    from ssl_bench.run_index import find_run_dirs
 
     out = {}
     if results_root is None or not Path(results_root).is_dir():

@@ -8,7 +8,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from ssl_bench.tracking import TAG_PREFIX, make_client
+from ssl_bench.mlflow_store import TAG_PREFIX, make_client
 
 PAPER_ORDER = ["UNet-F", "UNet-L", "EM", "CCT", "DAN", "URPC", "DCT", "ICT", "MT", "UAMT", "CPS",
                "GCL", "SCS", "ACTION"]
