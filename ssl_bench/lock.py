@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import warnings
-from importlib import metadata
 from pathlib import Path
 
 #: the packages whose release changes results (distribution names as pip spells them)
@@ -47,13 +46,9 @@ def _release(version: str) -> str:
 
 
 def installed_versions(packages=RESULT_PACKAGES) -> dict[str, str | None]:
-    out = {}
-    for name in packages:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    from ssl_bench.provenance import installed_version
+
+    return {name: installed_version(name) for name in packages}
 
 
 def lock_mismatches(locked: dict[str, str], installed: dict[str, str | None]) -> dict[str, tuple[str, str]]:

@@ -11,14 +11,17 @@ _PACKAGES = {"torch": "torch", "numpy": "numpy", "smp": "segmentation-models-pyt
              "ssl-bench": "ssl-bench"}
 
 
+def installed_version(dist: str) -> str | None:
+    """The installed release of distribution ``dist``, None if it is not installed."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages a result depends on ("not installed" if absent)."""
-    out = {}
-    for key, dist in _PACKAGES.items():
-        try:
-            out[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[key] = "not installed"
+    out = {key: installed_version(dist) or "not installed" for key, dist in _PACKAGES.items()}
     out["python"] = sys.version.split()[0]
     return out
 
