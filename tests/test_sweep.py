@@ -351,6 +351,24 @@ def test_sweep_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
     assert not (tmp_path / "results" / "sweeps").exists()
 
 
+def test_sweep_split_reaches_every_job(tmp_path, monkeypatch):
+    """--split random with --split-seeds: each job draws its own labeled set (and the default
+    split adds nothing to the command line)."""
+    import ssl_bench.sweep as sweep_pkg
+
+    seen = {}
+    monkeypatch.setattr(sweep_pkg, "launch", lambda jobs, **kw: seen.setdefault("jobs", jobs) and {})
+    res = runner.invoke(app, ["sweep", "--methods", "unet-l", "--dataset", "tiny-test", "--labeled", "2",
+                              "--split", "random", "--split-seeds", "1,2", "--results-root", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert [(j.split_seed, j.run_args()[-2:]) for j in seen["jobs"]] == [(1, ["--split", "random"]),
+                                                                         (2, ["--split", "random"])]
+    seen.clear()
+    runner.invoke(app, ["sweep", "--methods", "unet-l", "--dataset", "tiny-test", "--labeled", "2",
+                        "--results-root", str(tmp_path)])
+    assert "--split" not in seen["jobs"][0].run_args()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "tiny-test", "--labeled", "2"], "give --methods and --dataset"),
     (["--methods", "nope", "--dataset", "tiny-test", "--labeled", "2"], "unknown method 'nope'"),

@@ -56,6 +56,8 @@ def sweep(
     ratio: list[float] = typer.Option([], "--ratio", help="labeled fraction (repeatable)"),
     seeds: str = typer.Option("0", "--seeds", help="comma-separated initialisation seeds"),
     split_seeds: str = typer.Option("0", "--split-seeds", help="comma-separated split seeds"),
+    split: str = typer.Option("default", "--split", help="split protocol of every run: default (the dataset's), "
+                              "field, random (with --split-seeds: one labeled set per seed)"),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="training protocol of every run (see `ssl-bench protocols`)"),
     set_: list[str] = typer.Option([], "--set", help="passed to every run"),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n"),
@@ -96,6 +98,7 @@ def sweep(
         extra = [a for s in set_ for a in ("--set", s)]
         extra += ["--iterations", str(iterations)] if iterations else []
         extra += ["--protocol", protocol] if protocol else []
+        extra += ["--split", split] if split != "default" else []
         where = executor_kwargs(executor, gpus, jobs_per_gpu, jobs, partition, time_limit, gpus_per_job,
                                 cpus_per_job, mem_gb, array_parallelism, max_requeues, slurm_arg, tracking_uri)
         job_list = expand(names, dataset, labeled, ratio, seed_list, split_list, extra)
