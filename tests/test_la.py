@@ -347,6 +347,34 @@ def test_mcnet_losses_by_hand(dims):
     torch.testing.assert_close(method.student(batch.x_lb), outs[0][:2], rtol=1e-4, atol=1e-5)  # the first decoder predicts
 
 
+def test_mcnet_acdc_release_keys_all_class_dice_and_the_bilinear_decoder_tested():
+    """dice_classes=all averages the Dice over every class (SSL4MIS DiceLoss); test_decoder=linear
+    predicts with the bilinear decoder (MC-Net+'s ACDC release); a decoder the variant lacks is refused."""
+    from ssl_bench.methods.mcnet import foreground_dice_loss
+    from ssl_bench.testing import tiny_setup
+
+    method, batch = tiny_setup("mcnet", {"dice_classes": "all", "test_decoder": "linear", "lamda": "1.0"},
+                               size=16, num_classes=3)
+    method.train(False)
+    out = method.training_step(batch, 0)
+    outs = method.student.forward_all(torch.cat([batch.x_lb, batch.x_ulb]))
+    y = batch.y_lb
+    sup = 0.0
+    for o in outs:
+        p = o[:2].softmax(1)
+        onehot = torch.nn.functional.one_hot(y, 3).movedim(-1, 1).float()
+        dice = (2 * (p * onehot).sum((0, 2, 3)) + 1e-8) / (p.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1e-8)
+        sup += float((1 - dice).mean())
+    assert float(out.terms["sup"]) == pytest.approx(sup, rel=1e-5)
+    assert float(foreground_dice_loss(outs[0][:2].softmax(1), y, background=True)) != \
+        pytest.approx(float(foreground_dice_loss(outs[0][:2].softmax(1), y)))
+    torch.testing.assert_close(method.student(batch.x_lb), outs[1][:2], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="test_decoder"):
+        tiny_setup("mcnet", {"variant": "v1", "test_decoder": "nearest"})
+    with pytest.raises(ValueError, match="dice_classes"):
+        tiny_setup("mcnet", {"dice_classes": "some"})
+
+
 def test_2d_only_methods_are_listed_with_a_reason():
     from ssl_bench.registry import list_methods
 
