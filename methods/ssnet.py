@@ -10,8 +10,10 @@ the V-Net). Per step, on the batch x = [labeled, unlabeled]:
   with respect to d of the distance between the prediction on x + xi d (xi = 10) and the clean
   prediction p (detached), L2-normalised per sample; then
   L_lds = D(f(x + eps d_adv), p), eps = ``epsilon`` (6, the release's 2D ``magnitude``; 10 in its 3D
-  code), with D the soft Dice loss 1 - mean over classes of the run's ``dice_form`` Dice (squared under
-  field v2, the release's ``softDiceLoss``). Only the last forward pass gives the network a gradient
+  code), with D the soft Dice loss 1 - mean over classes of Dice(softmax, p) in the ``vat_form``
+  (``squared``, 2 sum p q / (sum p^2 + sum q^2): the 2D release's ``softDiceLoss``, zero when the two
+  agree; its 3D code uses the ``linear`` form, 2 sum p q / (sum p + sum q), over both channels at once,
+  which is not zero at agreement: ``--set method.vat_form=linear`` is the closest here). Only the last forward pass gives the network a gradient
   (the direction is found with ``torch.autograd.grad`` on d alone); BatchNorm layers normalise these
   passes by their batch but do not update their running statistics (the release's
   ``_disable_tracking_bn_stats``);
@@ -46,8 +48,8 @@ the V-Net). Per step, on the batch x = [labeled, unlabeled]:
 Facts from the release (c0a8bf6; ``code/train_ss_2d.py`` and ``train_ss_3d.py``, ``code/utils/losses.py``
 ``VAT2d``/``VAT3d``, ``code/utils/feature_memory.py``, ``code/utils/contrastive_losses.py``,
 ``code/networks/unet.py`` and ``VNet.py`` for the heads): ACDC 30k iterations at 12 + 12 slices of
-256 px, SGD lr 0.01 with poly decay, best-on-validation model (every 200 iterations) tested, seed
-1337; LA 15k iterations at 2 + 2 patches, ``consistency`` 1 with ramp 40 (of iter // 150), magnitude 10,
+256 px, SGD at a constant lr 0.01 (no decay), the best model on the validation list (every 200
+iterations) tested, seed 1337; LA 15k iterations at 2 + 2 patches, lr 0.01 x 0.1 every 2500, ``consistency`` 1 with ramp 40 (of iter // 150), magnitude 10,
 foreground (binary) Dice as both supervised and VAT distance. The selectors of the background class
 exist in the release but never receive a gradient (its memory is never filled); they are not built
 here. The prototype design is adapted there from Shathe/SemiSeg-Contrastive.
@@ -88,6 +90,7 @@ class SSNetConfig:
     contrast_weight: float = 0.1  # of L_c^l + L_c^u inside w(t)
     epsilon: float = 6.0  # norm of the adversarial perturbation per sample (release 2D: 6, 3D: 10)
     xi: float = 10.0  # norm of the probe perturbation of the power iteration
+    vat_form: str = "squared"  # Dice form of the smoothness distance (2D release: squared; 3D: linear)
     vat_iterations: int = 1
     per_class: int = 32  # prototypes per class
     feat_dim: int = 32  # width of the projection / prediction heads
@@ -222,6 +225,8 @@ class SSNet(Method):
             raise ValueError(f"SS-Net: method.sup={cfg.sup!r}; choose ce+dice or dice")
         if cfg.ranking not in ("highest", "lowest"):
             raise ValueError(f"SS-Net: method.ranking={cfg.ranking!r}; choose highest or lowest")
+        if cfg.vat_form not in ("squared", "linear"):
+            raise ValueError(f"SS-Net: method.vat_form={cfg.vat_form!r}; choose squared or linear")
         if cfg.per_class < 2 or cfg.vat_iterations < 1:
             raise ValueError("SS-Net: method.per_class must be >= 2 and method.vat_iterations >= 1")
         super().__init__(cfg, ctx)
@@ -234,7 +239,7 @@ class SSNet(Method):
 
     def distance(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The smoothness distance: soft Dice loss of softmax(logits) to the probabilities ``target``."""
-        return dice_loss(logits, target, form=self.ctx.dice_form)
+        return dice_loss(logits, target, form=self.cfg.vat_form)
 
     def selectors(self) -> tuple[dict, dict]:
         h = self.heads
