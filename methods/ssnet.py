@@ -55,8 +55,9 @@ exist in the release but never receive a gradient (its memory is never filled); 
 here. The prototype design is adapted there from Shathe/SemiSeg-Contrastive.
 
 Differences kept on purpose: the clean prediction p that the perturbed passes are compared with is the
-step's own forward pass (detached) rather than a fourth, separate no-grad pass (one forward pass less;
-it differs only by the dropout draw); the heads read the decoder's last features before the V-Net's
+step's own forward pass (detached), where the release runs a separate no-grad pass for it (one forward
+pass less per step: three instead of four; it differs only by the dropout draw and one BN statistics
+update); the heads read the decoder's last features before the V-Net's
 last-block dropout (the release's 3D embedding is after it). Runs in 3D (everything is rank-generic).
 """
 from __future__ import annotations

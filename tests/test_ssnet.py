@@ -202,6 +202,13 @@ def test_prototypes_come_from_correctly_predicted_foreground_pixels(monkeypatch)
     assert torch.equal(seen["labels"], y[correct])
 
 
+def test_runs_are_named_as_its_published_rows():
+    """`--with-published` matches runs to later_methods_acdc.csv by display name: SS-Net's rows show."""
+    from ssl_bench.table.runs import display_name, read_reference
+
+    assert display_name("ssnet") == "SS-Net" in set(read_reference("later_methods_acdc.csv")["method"])
+
+
 def test_field_recipe_and_bad_input():
     train, cfg = resolve(RunSpec(method="ssnet", dataset="tiny-test", protocol="field"), get_method_class("ssnet"))
     assert (cfg.variant, train.rampup.quantum, train.rampup.length, train.dice_form) == ("released", 0.005, 1.0, "squared")
