@@ -375,6 +375,27 @@ def test_mcnet_acdc_release_keys_all_class_dice_and_the_bilinear_decoder_tested(
         tiny_setup("mcnet", {"dice_classes": "some"})
 
 
+def test_ssnet_in_3d_perturbs_every_patch_by_epsilon_and_contrasts_voxel_features():
+    """SS-Net on V-Net patches: the adversarial perturbation has norm epsilon per patch, the heads read
+    the 16 channels of the last decoder block per voxel, and the loss composes as in 2D."""
+    import ssl_bench.methods.ssnet as ss
+    from ssl_bench.testing import tiny_setup
+
+    method, batch = tiny_setup("ssnet", {"memory_correct_only": "false", "epsilon": "10"}, size=16,
+                               num_classes=2, dims=3)
+    assert method.heads.projection[0].in_features == 16 and set(method.heads.selector) == {"1"}
+    x = torch.cat([batch.x_lb, batch.x_ulb])
+    with torch.no_grad():
+        p = method.student(x).softmax(1)
+    _, r = ss.vat_loss(method.student, x, p, 10.0, 10.0, method.distance, 1, torch.Generator().manual_seed(0))
+    assert r.shape == x.shape and torch.allclose(r.flatten(1).norm(dim=1), torch.full((4,), 10.0), rtol=0.05)
+    out = method.training_step(batch, method.ctx.total_iterations - 1)
+    assert method.memory[1] is not None and method.memory[1].shape == (32, 32) and method.memory[0] is None
+    unsup = out.terms["lds"] + 0.1 * (out.terms["contrast_lb"] + out.terms["contrast_ulb"])
+    assert float(out.loss.detach()) == pytest.approx(float(out.terms["sup"] + out.terms["w_cons"] * unsup), rel=1e-5)
+    assert float(out.terms["contrast_lb"]) > 0 and math.isfinite(float(out.loss))
+
+
 def test_2d_only_methods_are_listed_with_a_reason():
     from ssl_bench.registry import list_methods
 
