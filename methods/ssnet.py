@@ -13,10 +13,10 @@ the V-Net). Per step, on the batch x = [labeled, unlabeled]:
   code), with D the soft Dice loss 1 - mean over classes of Dice(softmax, p) in the ``vat_form``
   (``squared``, 2 sum p q / (sum p^2 + sum q^2): the 2D release's ``softDiceLoss``, zero when the two
   agree; its 3D code uses the ``linear`` form, 2 sum p q / (sum p + sum q), over both channels at once,
-  which is not zero at agreement: ``--set method.vat_form=linear`` is the closest here). Only the last forward pass gives the network a gradient
-  (the direction is found with ``torch.autograd.grad`` on d alone); BatchNorm layers normalise these
-  passes by their batch but do not update their running statistics (the release's
-  ``_disable_tracking_bn_stats``);
+  which is not zero at agreement: ``--set method.vat_form=linear`` is the closest here). Only the last
+  forward pass gives the network a gradient (the direction is found with ``torch.autograd.grad`` on d
+  alone); BatchNorm layers normalise these passes by their batch but do not update their running
+  statistics (the release's ``_disable_tracking_bn_stats``);
 * **class separation** (``prototype_contrast``): pixel features go through a projection head
   (Linear 16->32, BN, ReLU, Linear 32->32) and a prediction head (32->32, same form). The prototypes of
   foreground class c are up to ``per_class`` (32) projected features (projection head in eval mode, no
@@ -49,16 +49,18 @@ Facts from the release (c0a8bf6; ``code/train_ss_2d.py`` and ``train_ss_3d.py``,
 ``VAT2d``/``VAT3d``, ``code/utils/feature_memory.py``, ``code/utils/contrastive_losses.py``,
 ``code/networks/unet.py`` and ``VNet.py`` for the heads): ACDC 30k iterations at 12 + 12 slices of
 256 px, SGD at a constant lr 0.01 (no decay), the best model on the validation list (every 200
-iterations) tested, seed 1337; LA 15k iterations at 2 + 2 patches, lr 0.01 x 0.1 every 2500, ``consistency`` 1 with ramp 40 (of iter // 150), magnitude 10,
-foreground (binary) Dice as both supervised and VAT distance. The selectors of the background class
-exist in the release but never receive a gradient (its memory is never filled); they are not built
-here. The prototype design is adapted there from Shathe/SemiSeg-Contrastive.
+iterations) tested, seed 1337; LA 15k iterations at 2 + 2 patches, lr 0.01 x 0.1 every 2500,
+``consistency`` 1 with ramp 40 (of iter // 150), magnitude 10, the foreground Dice (``Binary_dice_loss``)
+as supervised term and the same linear Dice over both channels as VAT distance. The selectors of the
+background class exist in the release but never receive a gradient (its memory is never filled); they
+are not built here. The prototype design is adapted there from Shathe/SemiSeg-Contrastive.
 
 Differences kept on purpose: the clean prediction p that the perturbed passes are compared with is the
 step's own forward pass (detached), where the release runs a separate no-grad pass for it (one forward
 pass less per step: three instead of four; it differs only by the dropout draw and one BN statistics
-update); the heads read the decoder's last features before the V-Net's
-last-block dropout (the release's 3D embedding is after it). Runs in 3D (everything is rank-generic).
+update); the heads read the decoder's last features before the V-Net's last-block dropout (the
+release's 3D embedding is after it). Runs in 3D (everything is rank-generic); no ``la-field`` recipe
+(the LA values above) yet.
 """
 from __future__ import annotations
 
