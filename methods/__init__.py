@@ -23,3 +23,4 @@ from . import abd  # noqa: F401,E402
 from . import admt  # noqa: F401,E402
 from . import unimatch  # noqa: F401,E402
 from . import mcnet  # noqa: F401,E402
+from . import ssnet  # noqa: F401,E402

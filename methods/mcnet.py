@@ -24,7 +24,18 @@ test_patch.py``: the first decoder is tested). The Dice of the binary code is
 1 - (2 sum p_1 y + eps) / (sum p_1 + sum y + eps); for C classes the mean of that over the
 foreground classes. The network is ``MultiDecoder`` over ``ctx.make_backbone()``: the V-Net (3D)
 or the U-Net (2D), whose ``new_decoder(up=...)`` builds the other decoders. At test time the
-first decoder (the backbone's own) predicts.
+first decoder (the backbone's own) predicts, unless ``test_decoder`` names another.
+
+The ACDC release (``code/train_mcnet_2d.py`` at fee453c, run by ``train_mcnet_2d.sh`` with
+``--model mcnet2d_v2`` at 7 and 14 labeled patients) differs in four values, each a key here and all set
+by the ``field`` protocol: ``lamda`` 1 (``--lamda`` default 1), ``consistency`` 0.1 with SSL4MIS's ramp
+sigmoid_rampup(iter // 150, 200) over 30k iterations (``rampup`` 1.0), the supervised term SSL4MIS's
+``DiceLoss`` averaged over all four classes, background included (``dice_classes="all"``, squared form
+under ``dice_form=squared``), and the decoder tested: its first decoder up-samples bilinearly
+(``networks/unet.py`` ``MCNet2d_v2``: ``up_type`` 1, 0, 2), and ``test_2d.py`` loads the encoder and that
+decoder into a plain U-Net (``test_decoder="linear"``). 12 + 12 slices at 256 px, SGD at a constant lr
+0.01 (no decay: ``poly_power=0``), the best
+model on the validation list (every 200 iterations) tested, seed 1337.
 """
 from __future__ import annotations
 
@@ -51,6 +62,8 @@ class MCNetConfig:
     rampup: float = 0.4  # fraction of the budget (40 x 150 of 15000 iterations)
     temperature: float = 0.1
     lamda: float = 0.5  # weight of the supervised Dice terms
+    dice_classes: str = "foreground"  # foreground (LA code) or all (ACDC code: SSL4MIS DiceLoss)
+    test_decoder: str = "transposed"  # the up-sampling of the decoder that predicts (ACDC release: linear)
 
 
 def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -60,19 +73,24 @@ def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def foreground_dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-8,
-                         form: str = "linear") -> torch.Tensor:
-    """Mean over foreground classes of 1 - soft Dice, sums over the batch and every spatial dim
-    (MC-Net's ``Binary_dice_loss`` for two classes: the ``linear`` form, Σp + Σy; the run's
-    ``dice_form`` picks ``squared``, Σp² + Σy², as SSL4MIS's DiceLoss in MC-Net+'s ACDC code)."""
+                         form: str = "linear", background: bool = False) -> torch.Tensor:
+    """Mean over foreground classes (every class with ``background``) of 1 - soft Dice, sums over the
+    batch and every spatial dim (MC-Net's ``Binary_dice_loss`` for two classes: the ``linear`` form,
+    Σp + Σy; the run's ``dice_form`` picks ``squared``, Σp² + Σy², as SSL4MIS's DiceLoss in MC-Net+'s
+    ACDC code, which also counts the background)."""
     dice = soft_dice(probs, one_hot(target, probs.shape[1]), form, eps)
-    return (1 - dice[1:]).mean()
+    return (1 - (dice if background else dice[1:])).mean()
 
 
 class MultiDecoder(nn.Module):
     """The backbone (encoder + its own decoder) plus decoders that up-sample in other ways."""
 
-    def __init__(self, backbone: nn.Module, ups: tuple[str, ...]):
+    def __init__(self, backbone: nn.Module, ups: tuple[str, ...], predict: str = "transposed"):
         super().__init__()
+        if predict not in ups:
+            raise ValueError(f"mcnet: test_decoder={predict!r} is not one of this variant's decoders "
+                             f"({', '.join(ups)})")
+        self.predict = ups.index(predict)
         try:
             extra = [backbone.new_decoder(up=up) for up in ups[1:]]
         except TypeError:
@@ -85,7 +103,9 @@ class MultiDecoder(nn.Module):
         return [self.backbone.decode(feats)[0], *[d(feats)[0] for d in self.extra]]
 
     def forward(self, x):
-        return self.backbone(x)  # the first decoder, as the authors test
+        if self.predict == 0:
+            return self.backbone(x)  # the backbone's own decoder, as the authors' LA code tests
+        return self.extra[self.predict - 1](self.backbone.encode(x))[0]
 
 
 @register_method("mcnet", description="MC-Net+: mutual consistency of decoders with different up-sampling",
@@ -99,8 +119,10 @@ class MCNet(Method):
         check_variant("mcnet", cfg.variant, VARIANTS)
         if not cfg.temperature > 0:
             raise ValueError(f"mcnet: temperature must be positive (got {cfg.temperature})")
+        if cfg.dice_classes not in ("foreground", "all"):
+            raise ValueError(f"mcnet: dice_classes={cfg.dice_classes!r}; choose foreground or all")
         super().__init__(cfg, ctx)
-        self.student = MultiDecoder(ctx.make_backbone(), DECODERS[cfg.variant])
+        self.student = MultiDecoder(ctx.make_backbone(), DECODERS[cfg.variant], cfg.test_decoder)
 
     def modules(self):
         return {"student": self.student}
@@ -110,7 +132,8 @@ class MCNet(Method):
         n = batch.x_lb.shape[0]
         outs = self.student.forward_all(torch.cat([batch.x_lb, batch.x_ulb]))
         probs = [o.float().softmax(1) for o in outs]
-        sup = cfg.lamda * sum(foreground_dice_loss(p[:n], batch.y_lb, form=self.ctx.dice_form) for p in probs)
+        sup = cfg.lamda * sum(foreground_dice_loss(p[:n], batch.y_lb, form=self.ctx.dice_form,
+                                                   background=cfg.dice_classes == "all") for p in probs)
         targets = [sharpen(p, cfg.temperature) for p in probs]
         cons = sum(F.mse_loss(probs[i], targets[j]) for i in range(len(probs)) for j in range(len(probs)) if i != j)
         w = cfg.consistency * self.ramp(step, cfg.rampup)

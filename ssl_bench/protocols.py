@@ -144,6 +144,17 @@ SOTA_FIELD_RECIPES = {
                               "configs/acdc.yaml at 0324f3d): 300 epochs of the unlabeled set (about 30k "
                               "iterations) at 12 labeled + 12 unlabeled + 12 unlabeled to mix from, poly lr 0.01, "
                               "Dice above confidence 0.95, best epoch on the validation list (no test script)"),
+    "ssnet": Recipe({**SSL4MIS_RAMP, "method.variant": "released", "poly_power": "0"},
+                    source="SS-Net release (ycwu1997/SS-Net code/train_ss_2d.py at c0a8bf6): 30k iterations at "
+                           "12 + 12, constant lr 0.01, Dice loss alone as supervised term, weight 0.1 * "
+                           "sigmoid_rampup(iter // 150, 200) on L_lds + 0.1 (L_c^l + L_c^u), VAT magnitude 6, "
+                           "32 prototypes per class, best-on-validation model tested (test_ACDC.py)"),
+    "mcnet": Recipe({**SSL4MIS_RAMP, "poly_power": "0", "method.consistency": "0.1", "method.rampup": "1.0",
+                     "method.lamda": "1.0", "method.dice_classes": "all", "method.test_decoder": "linear"},
+                    source="MC-Net+ ACDC release (ycwu1997/MC-Net code/train_mcnet_2d.py with --model mcnet2d_v2, "
+                           "train_mcnet_2d.sh, at fee453c): 30k iterations at 12 + 12, constant lr 0.01, lamda 1 on "
+                           "the Dice loss of every class, consistency 0.1 * sigmoid_rampup(iter // 150, 200), "
+                           "T 0.1, the bilinear first decoder tested (test_2d.py), best on validation"),
 }
 
 FIELD_V1 = Protocol(

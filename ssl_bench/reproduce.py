@@ -1,5 +1,5 @@
 """``ssl-bench reproduce tableN|sota``: the exact grid behind each table of the ACTION paper, and
-``sota``: the methods that now hold the ACDC records (ABD, AD-MT, UniMatch) beside BCP and ACTION.
+``sota``: the methods that now hold the ACDC records (ABD, AD-MT, UniMatch) and SS-Net beside BCP and ACTION.
 
 You et al., IPMI 2023: Table 1 is the 14 methods on ACDC with 3 and 7 labeled patients, Table 2
 the same methods on LiTS with 5 % and 10 % labeled volumes, Table 3 ACTION's ablations and
@@ -28,8 +28,8 @@ from ssl_bench.sweep import Job
 PAPER_METHODS = ["unet-f", "unet-l", "em", "cct", "dan", "urpc", "dct", "ict", "mt", "uamt", "cps",
                  "gcl", "scs", "action"]
 #: ``reproduce sota`` (issue 20): the methods that now hold the ACDC records beside BCP and ACTION,
-#: each under its released recipe (protocol field). MC-Net+ and SS-Net are not implemented yet.
-SOTA_METHODS = ["bcp", "action", "abd", "ad-mt", "unimatch"]
+#: each under its released recipe (protocol field).
+SOTA_METHODS = ["bcp", "action", "abd", "ad-mt", "unimatch", "ssnet"]
 #: Table 3's rows (``method.ablation``); ``no-pseudo-ce`` is the other reading of "w/o L_unsup"
 ABLATIONS = ["none", "vanilla", "no-rsi", "no-stage2", "no-rsi-no-stage2", "no-stage3", "no-anco",
              "no-unsup", "no-pseudo-ce"]
@@ -84,7 +84,7 @@ GRIDS = {
                    (("--labeled", "3"),), ("action",),
                    tuple(Variant(f"{s}-{t}", (f"method.student_aug={s}", f"method.teacher_aug={t}"))
                          for s, t in AUGMENTATIONS), kind="ablation"),
-    "sota": Grid("sota", "Methods after ACTION: ABD, AD-MT, UniMatch beside BCP and ACTION, ACDC, 3 and 7 labeled",
+    "sota": Grid("sota", "Methods after ACTION: ABD, AD-MT, UniMatch, SS-Net beside BCP and ACTION, ACDC, 3 and 7 labeled",
                  "acdc", "acdc-phantom", (("--labeled", "3"), ("--labeled", "7")), tuple(SOTA_METHODS)),
     # the field's 3D benchmark (issue 19): V-Net rows of the LA tables at 8 and 16 labeled scans;
     # smoke = la-small, the CPU preset (the real files, downsampled)

@@ -347,6 +347,55 @@ def test_mcnet_losses_by_hand(dims):
     torch.testing.assert_close(method.student(batch.x_lb), outs[0][:2], rtol=1e-4, atol=1e-5)  # the first decoder predicts
 
 
+def test_mcnet_acdc_release_keys_all_class_dice_and_the_bilinear_decoder_tested():
+    """dice_classes=all averages the Dice over every class (SSL4MIS DiceLoss); test_decoder=linear
+    predicts with the bilinear decoder (MC-Net+'s ACDC release); a decoder the variant lacks is refused."""
+    from ssl_bench.methods.mcnet import foreground_dice_loss
+    from ssl_bench.testing import tiny_setup
+
+    method, batch = tiny_setup("mcnet", {"dice_classes": "all", "test_decoder": "linear", "lamda": "1.0"},
+                               size=16, num_classes=3)
+    method.train(False)
+    out = method.training_step(batch, 0)
+    outs = method.student.forward_all(torch.cat([batch.x_lb, batch.x_ulb]))
+    y = batch.y_lb
+    sup = 0.0
+    for o in outs:
+        p = o[:2].softmax(1)
+        onehot = torch.nn.functional.one_hot(y, 3).movedim(-1, 1).float()
+        dice = (2 * (p * onehot).sum((0, 2, 3)) + 1e-8) / (p.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1e-8)
+        sup += float((1 - dice).mean())
+    assert float(out.terms["sup"]) == pytest.approx(sup, rel=1e-5)
+    assert float(foreground_dice_loss(outs[0][:2].softmax(1), y, background=True)) != \
+        pytest.approx(float(foreground_dice_loss(outs[0][:2].softmax(1), y)))
+    torch.testing.assert_close(method.student(batch.x_lb), outs[1][:2], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="test_decoder"):
+        tiny_setup("mcnet", {"variant": "v1", "test_decoder": "nearest"})
+    with pytest.raises(ValueError, match="dice_classes"):
+        tiny_setup("mcnet", {"dice_classes": "some"})
+
+
+def test_ssnet_in_3d_perturbs_every_patch_by_epsilon_and_contrasts_voxel_features():
+    """SS-Net on V-Net patches: the adversarial perturbation has norm epsilon per patch, the heads read
+    the 16 channels of the last decoder block per voxel, and the loss composes as in 2D."""
+    import ssl_bench.methods.ssnet as ss
+    from ssl_bench.testing import tiny_setup
+
+    method, batch = tiny_setup("ssnet", {"memory_correct_only": "false", "epsilon": "10"}, size=16,
+                               num_classes=2, dims=3)
+    assert method.heads.projection[0].in_features == 16 and set(method.heads.selector) == {"1"}
+    x = torch.cat([batch.x_lb, batch.x_ulb])
+    with torch.no_grad():
+        p = method.student(x).softmax(1)
+    _, r = ss.vat_loss(method.student, x, p, 10.0, 10.0, method.distance, 1, torch.Generator().manual_seed(0))
+    assert r.shape == x.shape and torch.allclose(r.flatten(1).norm(dim=1), torch.full((4,), 10.0), rtol=0.05)
+    out = method.training_step(batch, method.ctx.total_iterations - 1)
+    assert method.memory[1] is not None and method.memory[1].shape == (32, 32) and method.memory[0] is None
+    unsup = out.terms["lds"] + 0.1 * (out.terms["contrast_lb"] + out.terms["contrast_ulb"])
+    assert float(out.loss.detach()) == pytest.approx(float(out.terms["sup"] + out.terms["w_cons"] * unsup), rel=1e-5)
+    assert float(out.terms["contrast_lb"]) > 0 and math.isfinite(float(out.loss))
+
+
 def test_2d_only_methods_are_listed_with_a_reason():
     from ssl_bench.registry import list_methods
 

@@ -16,8 +16,9 @@ from ssl_bench.runconfig import RunSpec, resolve
 #: field v1 changed its text once without changing its meaning: CPS's Kaiming/Xavier init, which
 #: v1 always ran, was renamed from variant ssl4mis to ssl4mis-2021 (issue 16; was 2121102efe05).
 #: field v2 gained the recipes of ABD, AD-MT and UniMatch (issue 20) in the session that made it
-#: (was f3ecdb80c99f); no recipe of a method it had changed.
-FINGERPRINTS = {("field", 1): "cb54ff805a81", ("field", 2): "1326cc063d90", ("paper", 1): "611571f03c72",
+#: (was f3ecdb80c99f); no recipe of a method it had changed. It gained SS-Net's and MC-Net+'s ACDC
+#: recipes (issue 20; was 1326cc063d90): no field-v2 run of either existed, no other recipe changed.
+FINGERPRINTS = {("field", 1): "cb54ff805a81", ("field", 2): "5ba47552c2cb", ("paper", 1): "611571f03c72",
                 ("equal", 1): "32c9a5f7735f", ("la-field", 1): "259cd8b71237", ("la-clean", 1): "3d87e3963e9a"}
 
 FAST = {"iterations": "4", "labeled_bs": "2", "unlabeled_bs": "2", "val_every": "2",
@@ -188,5 +189,17 @@ def test_field_recipes_of_the_methods_after_action():
     assert (train.rampup.quantum, train.rampup.length, cfg.rampup, cfg.consistency) == (0.005, None, 0.25, 2.0)
     train, cfg = resolve(RunSpec(method="unimatch", dataset="tiny-test", protocol="field"), get_method_class("unimatch"))
     assert (train.labeled_bs, train.unlabeled_bs, cfg.variant, train.report_checkpoint) == (12, 24, "medical", "best")
-    for m in ("abd", "ad-mt", "unimatch"):
+    for m in ("abd", "ad-mt", "unimatch", "ssnet", "mcnet"):
         assert "at " in get_protocol("field").recipe(m).source and ".py" in get_protocol("field").recipe(m).source
+
+
+def test_field_recipe_of_mcnet_plus_on_acdc():
+    """MC-Net+'s train_mcnet_2d.py: lamda 1 on the all-class Dice, consistency 0.1 on SSL4MIS's ramp,
+    constant lr, the bilinear decoder tested; field v2 only (v1 keeps the paper defaults)."""
+    train, cfg = resolve(RunSpec(method="mcnet", dataset="tiny-test", protocol="field"), get_method_class("mcnet"))
+    assert (cfg.variant, cfg.lamda, cfg.consistency, cfg.rampup, cfg.dice_classes, cfg.test_decoder) == \
+        ("v2", 1.0, 0.1, 1.0, "all", "linear")
+    assert (train.poly_power, train.rampup.quantum, train.dice_form, train.iterations) == (0.0, 0.005, "squared", 30000)
+    assert "train_mcnet_2d.py" in get_protocol("field").recipe("mcnet").source
+    _, v1 = resolve(RunSpec(method="mcnet", dataset="tiny-test", protocol="field-v1"), get_method_class("mcnet"))
+    assert (v1.lamda, v1.dice_classes, v1.test_decoder) == (0.5, "foreground", "transposed")

@@ -94,12 +94,12 @@ def test_smoke_slice_runs_end_to_end_and_compares(tmp_path):
     assert again.exit_code == 0 and "/ 51.7 /" in again.output
 
 
-def test_sota_grid_is_five_methods_x_2_settings_x_3_seeds_under_their_released_recipes(tmp_path):
+def test_sota_grid_is_six_methods_x_2_settings_x_3_seeds_under_their_released_recipes(tmp_path):
     jobs = rep.GridRequest(rep.get_grid("sota")).jobs()
-    assert len(jobs) == 30 and [m for m in dict.fromkeys(j.method for j in jobs)] == rep.SOTA_METHODS
+    assert len(jobs) == 36 and [m for m in dict.fromkeys(j.method for j in jobs)] == rep.SOTA_METHODS
     assert {j.setting for j in jobs} == {("--labeled", "3"), ("--labeled", "7")}
     res = CliRunner().invoke(app, ["reproduce", "sota", "--dry-run", "--results-root", str(tmp_path / "r")], env=WIDE)
     assert res.exit_code == 0, res.output
-    assert "5 method(s) x 2 setting(s) x 3 seed(s) = 30 runs" in res.output
-    # per (setting, seed): BCP 40k + ACTION 90k + ABD 40k + AD-MT 30k + UniMatch 30k
-    assert "1,380,000 iterations in all" in res.output
+    assert "6 method(s) x 2 setting(s) x 3 seed(s) = 36 runs" in res.output
+    # per (setting, seed): BCP 40k + ACTION 90k + ABD 40k + AD-MT 30k + UniMatch 30k + SS-Net 30k
+    assert "1,560,000 iterations in all" in res.output

@@ -1,4 +1,4 @@
-"""ABD, AD-MT and UniMatch through the real loop on the tiny dataset, under paper and field: every stage
+"""ABD, AD-MT, UniMatch, SS-Net and MC-Net+ (its ACDC field recipe) through the real loop on the tiny dataset, under paper and field: every stage
 runs, checkpoints are written, and a killed run resumes to the same weights (slow: a few loop runs)."""
 import pytest
 import torch
@@ -11,7 +11,7 @@ FAST = {"iterations": "6", "labeled_bs": "4", "unlabeled_bs": "4", "val_every": 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["abd", "ad-mt", "unimatch"])
+@pytest.mark.parametrize("method", ["abd", "ad-mt", "unimatch", "ssnet", "mcnet"])
 @pytest.mark.parametrize("protocol", ["paper", "field"])
 def test_trains_through_the_loop(tmp_path, method, protocol):
     spec = RunSpec(method=method, dataset="tiny-test", labeled=2, seed=0, protocol=protocol, overrides=dict(FAST))
