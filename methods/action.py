@@ -106,9 +106,13 @@ adds the 3D script's own values (``tau_t=0.6``, ``proj_dim=128``, ``mix=classmix
 30000 per stage). Not ported in 3D, each refused or named: the release's 3D perturbation of the
 mixed patch (``strong_view=released`` is an error on a 3D backbone, see ``action_mix``); its
 local head (20^3 windows of the logits at stride 10, each pooled to 4^3, and a 700-window queue)
-is replaced by the region grid, as in 2D; the release's latent feature has 128 channels (its
-V-Net variant, ``networks/net_factory_3dArgs``, is missing from the release), ours is the field's
-V-Net bottleneck.
+is replaced by the region grid, as in 2D. Its V-Net (``networks/vnetWithArgs.py`` via
+``net_factory_3dArgs.py``) is the field's, but its heads read other features: the "latent" of
+H^g is the first decoder sum (up-sampled bottleneck + 4th encoder feature, 128 channels), so its
+stage i also trains the first up-sampling block, and H_r reads the four decoder sums before their
+convolutions plus the last decoder feature (128 + 64 + 32 + 16 + 16). Here H^g reads the encoder's
+output, the bottleneck (the paper's E(.)), and stage i trains the down path only; H_r reads the
+bottleneck and the four decoder features after their convolutions.
 
 Ablations (Tables 3 and 4), config ``ablation``:
   none; ``no-rsi``: no randomly sampled images, i.e. only the query's own two views, which is
