@@ -469,6 +469,19 @@ def test_action_3d_released_variant_and_what_is_not_ported():
     assert (cfg.variant, cfg.tau_t, cfg.proj_dim, cfg.mix) == ("released", 0.6, 128, "classmix")
 
 
+@pytest.mark.parametrize("ablation", ["vanilla", "no-rsi"])
+def test_action_3d_byol_ablations_honour_the_contract(ablation):
+    """BYOL's two-view loss (stage i of both, stage ii of no-rsi) and the supervised finetune stage on 3D patches."""
+    from ssl_bench.testing import run_contract
+
+    reports = run_contract("action", {"ablation": ablation}, dims=3)
+    assert [r["stage"] for r in reports] == (["i", "finetune"] if ablation == "vanilla" else ["i", "ii", "iii"])
+    for rep in reports:
+        assert math.isfinite(rep["loss"]) and not rep["missing"] and not rep["teacher_grads"], rep["stage"]
+        assert all(rep["ema_ok"].values())
+    assert "global_byol" in reports[0]["out"].terms
+
+
 def test_2d_only_methods_are_listed_with_a_reason():
     from ssl_bench.registry import list_methods
 
