@@ -5,11 +5,11 @@ Every head works on tensors of any spatial rank: (B, C, H, W) slices of the 2D U
 2 when absent, and builds 1x1 convolutions of that rank). In 3D a "region" is a cell of a
 ``grid x grid x grid`` partition and H_r reads its features by trilinear interpolation.
 
-* ``GlobalHead`` (H^g): global average pooling (over every spatial dim) of the deepest encoder features, then an MLP to
-  512-d. ``MLPPredictor`` (H^g_p): the BYOL-style predictor 512 -> 512 on top of it.
-  The paper follows SCS for the heads and BYOL for the predictor ("feature dimension of 512").
-  Both MLPs are Linear-ReLU-Linear without BatchNorm: BatchNorm1d fails on a batch of one
-  slice and is not needed for stability here.
+* ``GlobalHead`` (H^g): global average pooling (over every spatial dim) of the deepest encoder
+  features, then an MLP to 512-d. ``MLPPredictor`` (H^g_p): the BYOL-style predictor 512 -> 512
+  on top of it. The paper follows SCS for the heads and BYOL for the predictor ("feature
+  dimension of 512"). Both MLPs are Linear-ReLU-Linear without BatchNorm: BatchNorm1d fails on a
+  batch of one slice and is not needed for stability here.
 * ``LocalHead`` (H^l): "the 1x1 convolutional layer [that projects] all pixels [of the logits]
   into the latent space with the feature dimension of 512", followed by average pooling over a
   ``grid x grid`` partition of the image, so each region of the image is one local embedding.
@@ -22,7 +22,8 @@ Every head works on tensors of any spatial rank: (B, C, H, W) slices of the 2D U
   convolutions (Linear-ReLU-Linear per pixel) and L2-normalised, so that the dot products of
   AnCo (Eq. 4) are cosine similarities bounded by 1 / tau_an. It is evaluated only at the pixels
   AnCo samples (``at_points``): bilinear sampling at a pixel equals upsampling the whole map and
-  reading that pixel (``linear_at``, any rank), so memory grows with the number of sampled pixels, not with H x W.
+  reading that pixel (``linear_at``, any rank), so memory grows with the number of sampled
+  pixels, not with H x W (x D).
 
 ``ActionNet`` bundles the backbone with the two projection heads: it is what the EMA teacher
 copies. The predictors and H_r belong to the student only.
