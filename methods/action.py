@@ -86,6 +86,34 @@ Remaining differences from the released code, in both variants (not switchable):
 * the release tests the last stage-iii student (no validation); the loop reports best-on-val and
   last (a protocol picks one).
 
+In 3D (the Left Atrium track, the field's V-Net on (B, 1, Z, Y, X) patches) the same three
+stages run, written once for any spatial rank: H^g pools the V-Net's deepest encoder feature
+(256 channels) over its three spatial dims, H^l pools the logits over a ``local_grid`` ^ 3 grid
+(1x1x1 convolutions), H_r reads the bottleneck and the four decoder features (256 + 128 + 64 + 32
++ 16 channels) by trilinear interpolation at the sampled voxels, the KL, pseudo-label CE and AnCo
+take flat voxel indices, and CutMix cuts a cuboid (``action_mix``). The release's 3D scripts
+(charlesyou999648/ACTION ``code/train_3D.sh``, ``train_3D_pretrain.py``, ``train_3D_action.py``,
+``model_3D.py``, ``augment_3d.py``) wrap the V-Net in ``ISD_3d``: stage i (``--train_decoder 0``)
+is the latent KL alone, stage ii adds the supervised loss and the output KL (k1 = k2 = 1), both
+with batch 2 (1 labeled + 1 unlabeled), a 36-entry queue, T_s 0.1 and **T_t 0.6**, 128-d latent
+heads, the student's view colour-jittered and noised; stage iii (``--batch_size 1``: 1 labeled +
+1 unlabeled patch) starts student and teacher from the stage-ii student and trains 0.5 (CE +
+Dice) + ReCo-weighted CE + 0.01 x ReCo's loss on a 128-d ``RepresentationHead_3d`` of the
+decoder features, ClassMix (the script's default ``--apply_aug``, which train_3D.sh leaves),
+strong threshold 0.97, weak 0.7, one EMA step per iteration; 30000 iterations per stage. The
+``released`` variant therefore holds in 3D as in 2D, and protocol ``la-field``'s ACTION recipe
+adds the 3D script's own values (``tau_t=0.6``, ``proj_dim=128``, ``mix=classmix``, batch 1 + 1,
+30000 per stage). Not ported in 3D, each refused or named: the release's 3D perturbation of the
+mixed patch (``strong_view=released`` is an error on a 3D backbone, see ``action_mix``); its
+local head (20^3 windows of the logits at stride 10, each pooled to 4^3, and a 700-window queue)
+is replaced by the region grid, as in 2D. Its V-Net (``networks/vnetWithArgs.py`` via
+``net_factory_3dArgs.py``) is the field's, but its heads read other features: the "latent" of
+H^g is the first decoder sum (up-sampled bottleneck + 4th encoder feature, 128 channels), so its
+stage i also trains the first up-sampling block, and H_r reads the four decoder sums before their
+convolutions plus the last decoder feature (128 + 64 + 32 + 16 + 16). Here H^g reads the encoder's
+output, the bottleneck (the paper's E(.)), and stage i trains the down path only; H_r reads the
+bottleneck and the four decoder features after their convolutions.
+
 Ablations (Tables 3 and 4), config ``ablation``:
   none; ``no-rsi``: no randomly sampled images, i.e. only the query's own two views, which is
   BYOL's loss 2 - 2 cos(z*_s, z_t) in stages i and ii (a KL over anchors from one image's own
@@ -224,8 +252,11 @@ class Action(Method):
         backbone = ctx.make_backbone()
         levels = backbone.encoder_channels[-1] + sum(backbone.decoder_channels)
         self.net = ActionNet(backbone, ctx.num_classes, cfg.proj_dim, cfg.local_grid)
+        if self.net.spatial_dims != 2 and self.cfg.strong_view == "released":
+            raise ConfigError("action: strong_view=released (the release's 2D colour jitter + blur after mixing) is "
+                              "not ported to 3D (its augment_3d.py batch_transform); use strong_view=harness")
         self.predictors = nn.ModuleDict({"global": MLPPredictor(cfg.proj_dim),
-                                         "local": LocalPredictor(cfg.proj_dim)})
+                                         "local": LocalPredictor(cfg.proj_dim, self.net.spatial_dims)})
         self.rep_head = RepresentationHead(levels, cfg.proj_dim)
         self.teacher = make_teacher(self.net)
         self.global_bank = FifoBank(cfg.bank_size)
@@ -371,7 +402,7 @@ class Action(Method):
         x_s, x_t = self._aligned_views(batch)
         logits, enc, _ = self.net.backbone.forward_features(torch.cat([batch.x_lb, x_s]))
         sup = self.supervised_loss(logits[:n_lb], batch.y_lb)
-        # (B, D, g, g) -> (B, g*g, D): one query per region
+        # (B, D, g, ..., g) -> (B, g^dims, D): one query per region
         e_s = self.predictors["local"](self.net.local_head(logits[n_lb:])).flatten(2).transpose(1, 2)
         with torch.no_grad():
             t_logits, t_enc, _ = self.teacher.backbone.forward_features(x_t)
@@ -443,14 +474,17 @@ class Action(Method):
 
     def _anco(self, x, logits, levels, y_lb, t_probs):
         cfg = self.cfg
-        H, W = x.shape[-2:]
+        spatial = tuple(x.shape[2:])  # (H, W) or (Z, Y, X)
         conf, pseudo = t_probs.max(1)
         labels = torch.cat([y_lb.long(), pseudo])
         valid = torch.cat([torch.ones_like(y_lb, dtype=torch.bool), conf > cfg.anco_valid_threshold])
 
-        def embed_at(flat):
-            b, rest = flat // (H * W), flat % (H * W)
-            return self.rep_head.at_points(levels, b, rest // W, rest % W, (H, W))
+        def embed_at(flat):  # flat indices into (B, *spatial) -> (b, coordinates), last axis fastest
+            coords, rest = [], flat
+            for n in reversed(spatial):
+                coords.append(rest % n)
+                rest = rest // n
+            return self.rep_head.at_points(levels, rest, tuple(reversed(coords)), spatial)
 
         return sampled_anco(embed_at, labels, valid, logits.detach().float().softmax(1), cfg.theta_s,
                             cfg.tau_an, cfg.num_queries, cfg.num_negatives, cfg.prototype_pixels,

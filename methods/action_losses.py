@@ -10,6 +10,9 @@ and the loss is KL(p_t || p_s). The "-log" printed in front of the fractions of 
 typo: those are softmax probabilities (the KL of Eq. 3 is taken between distributions; ISD,
 which the paper follows, defines them the same way).
 
+Every function takes tensors of any spatial rank (2D slices or 3D patches): labels (B, *spatial),
+probabilities and logits (B, C, *spatial); AnCo works on flat voxel indices.
+
 AnCo (Eq. 4-7). For every class c present in the batch: queries r_q are pixel embeddings of
 class c, the positive key r^{c,+} is the mean embedding of class c (Eq. 5), negative keys are
 pixel embeddings of other classes, drawn class by class with probabilities
@@ -95,7 +98,7 @@ def reco_weighted_ce(student_logits: torch.Tensor, teacher_probs: torch.Tensor,
     positive = ce > 0
     if not bool(positive.any()):  # a student that matches every pseudo-label exactly: nothing to learn
         return ce.sum() * 0.0, mask  # (ReCo's mean over an empty selection would be NaN)
-    return (ce * weight[:, None, None])[positive].mean(), mask
+    return (ce * weight.view(-1, *(1,) * (ce.dim() - 1)))[positive].mean(), mask  # (B, *spatial), any rank
 
 
 # -- stage iii: AnCo and its active sampling -----------------------------------------------------
@@ -153,7 +156,7 @@ def anco_loss(queries: list[torch.Tensor], positives: torch.Tensor, negatives: l
 
 @dataclass
 class AncoSample:
-    """The loss and what was sampled (flat pixel indices into (B, H, W)), for logging and tests."""
+    """The loss and what was sampled (flat pixel indices into (B, *spatial)), for logging and tests."""
 
     loss: torch.Tensor
     classes: list[int] = field(default_factory=list)
@@ -220,8 +223,8 @@ def sampled_anco(embed_at: Callable[[torch.Tensor], torch.Tensor], labels: torch
     (``embed_at(flat_index) -> (N, D)``) are computed for the chosen pixels only, so memory is
     O(classes x (queries + key pool)), never O((H W)^2) nor O(H W D).
 
-    labels (B, H, W) labels / pseudo-labels; valid (B, H, W) pixels that take part; probs
-    (B, C, H, W) predicted probabilities (Eq. 7's confidence).
+    labels (B, *spatial) labels / pseudo-labels; valid (B, *spatial) pixels (voxels) that take
+    part; probs (B, C, *spatial) predicted probabilities (Eq. 7's confidence).
 
     Per class c: ``num_queries`` hard queries, drawn with replacement (a class without hard
     pixels: all its pixels in the ``"paper"`` form, no queries in the ``"reco"`` form, see the

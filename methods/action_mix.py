@@ -8,12 +8,19 @@ Image i of the batch keeps its pixels where its mask is 1 and takes those of ima
 pixel keeps the pseudo-label and confidence of the image it came from.
 
 * CutMix: one box of half the image area per image, its width uniform in (W/2, W), its height
-  area / width (rounded), placed uniformly; the box comes from the partner image.
+  area / width (rounded), placed uniformly; the box comes from the partner image. On 3D patches
+  (Z, Y, X), as the release's ``generate_cutout_mask_3d`` (``code/augment_3d.py``): that box in
+  the axial (Y, X) plane, through a band of a quarter of the slices (the release: 20 of its
+  patch's 80, hard-coded; here ``max(1, round(Z / 4))``), the band's start uniform.
 * ClassMix: the pixels of image i whose pseudo-label is one of a random half (rounded down) of
-  the classes present in image i stay; the rest comes from the partner.
+  the classes present in image i stay; the rest comes from the partner (any rank: the release's
+  3D ``generate_class_mask`` is the 2D one).
 
 The release then perturbs the mixed student images (its ``augment.py`` ``augmentation``), which
 ``release_perturbation`` reproduces on single-channel slices (config ``strong_view=released``).
+Its 3D counterpart (``augment_3d.py`` ``batch_transform``: a +-2 % colour jitter and a PIL blur
+applied slice by slice, along mismatched axes) is not ported: ``release_perturbation`` refuses a
+5D batch, and ACTION refuses ``strong_view=released`` on a 3D backbone.
 """
 from __future__ import annotations
 
@@ -38,6 +45,17 @@ def cutmix_mask(height: int, width: int, generator: torch.Generator | None = Non
     return mask
 
 
+def cutmix_mask_3d(depth: int, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(Z, Y, X) float mask: 1 everywhere but a zero cuboid, ``cutmix_mask``'s box in the (Y, X)
+    plane (the same draws, first) through ``max(1, round(Z / 4))`` consecutive slices."""
+    plane = cutmix_mask(height, width, generator)
+    band = min(depth, max(1, round(depth / 4)))
+    first = int(torch.randint(0, depth - band + 1, (1,), generator=generator))
+    mask = torch.ones(depth, height, width)
+    mask[first:first + band] = plane
+    return mask
+
+
 def classmix_mask(labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """(H, W) float mask: 1 on the pixels of a random half of the classes present in ``labels``."""
     present = torch.unique(labels.cpu())
@@ -46,9 +64,13 @@ def classmix_mask(labels: torch.Tensor, generator: torch.Generator | None = None
 
 
 def mix_masks(kind: str, pseudo: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, H, W) masks of one mixing ``kind`` for a batch with pseudo-labels ``pseudo`` (B, H, W)."""
+    """(B, *spatial) masks of one mixing ``kind`` for a batch with pseudo-labels ``pseudo``
+    (B, H, W) or (B, Z, Y, X)."""
     if kind == "cutmix":
-        masks = [cutmix_mask(*pseudo.shape[-2:], generator) for _ in range(len(pseudo))]
+        if pseudo.dim() not in (3, 4):
+            raise ValueError(f"cutmix takes 2D or 3D pseudo-labels (B, H, W) / (B, Z, Y, X); got {tuple(pseudo.shape)}")
+        box = cutmix_mask if pseudo.dim() == 3 else cutmix_mask_3d
+        masks = [box(*pseudo.shape[1:], generator) for _ in range(len(pseudo))]
     elif kind == "classmix":
         masks = [classmix_mask(p, generator) for p in pseudo]
     else:
@@ -57,7 +79,7 @@ def mix_masks(kind: str, pseudo: torch.Tensor, generator: torch.Generator | None
 
 
 def mix_with_next(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """x[i] where masks[i] = 1, x[(i + 1) % B] elsewhere; x is (B, C, H, W), masks (B, H, W)."""
+    """x[i] where masks[i] = 1, x[(i + 1) % B] elsewhere; x is (B, C, *spatial), masks (B, *spatial)."""
     m = masks[:, None].to(x.dtype)
     return x * m + x.roll(-1, dims=0) * (1 - m)
 
@@ -89,6 +111,9 @@ def release_perturbation(x: torch.Tensor, generator: torch.Generator | None = No
     slice saturation is a no-op and hue is undefined, so brightness (x * b) and contrast
     ((x - mean) * c + mean, mean over the image) with b, c uniform in [0.75, 1.25] remain, in that
     order. Its AdvMorph (p 0.5) is left out: its module is missing from the release."""
+    if x.dim() != 4:
+        raise ValueError(f"the release's stage-iii perturbation is ported for 2D slices (B, 1, H, W) only; got "
+                         f"{tuple(x.shape)} (its 3D form, augment_3d.py batch_transform, is not ported)")
     if x.shape[0] == 0:
         return x
     n, dev = x.shape[0], x.device

@@ -16,7 +16,11 @@ base budget keeps every row's proportions:
 * BCP: batch 8 with 4 labeled, 2000 pre-training + 15000 self-training (x 17 / 6), lr x 0.1 every
   2500, best **on the test scans**, LCC on;
 * ACTION: batch 2 with 1 labeled, 30000 iterations per stage (3 stages: x 15), the checkpoint of a
-  chosen iteration (taken here as the last).
+  chosen iteration (taken here as the last); variant ``released`` with the 3D scripts' own values
+  (``code/train_3D.sh``, ``train_3D_pretrain.py``, ``train_3D_action.py``, ``model_3D.py``):
+  teacher temperature T_t 0.6 (``--T_t 0.6``; the 2D release's is 0.01), 128-d heads
+  (``--latent_feature_size 128``, ``RepresentationHead_3d(output_channel=128)``) and ClassMix
+  (``--apply_aug``'s default, which train_3D.sh leaves; the 2D script passes cutmix).
 
 ``la-clean`` trains every row with the same recipe as ``la-field`` but selects the checkpoint on the
 validation split carved out of the 80 training scans (``datasets/la.py``) and never looks at the
@@ -50,10 +54,12 @@ _FIELD_ROWS = {
                    "lr_step": str(2500 / 15000), "method.pretrain_fraction": str(2000 / 17000)},
                   budget_scale=17000 / 6000,
                   source="BCP LA_BCP_train.py: 8/4, 2000 + 15000 iterations, best on test.list, LCC"),
-    "action": Recipe({**FIELD_LAST, "labeled_bs": "1", "unlabeled_bs": "1", "method.variant": "released"},
+    "action": Recipe({**FIELD_LAST, "labeled_bs": "1", "unlabeled_bs": "1", "method.variant": "released",
+                      "method.tau_t": "0.6", "method.proj_dim": "128", "method.mix": "classmix"},
                      budget_scale=15.0, checkpoint="last",
-                     source="ACTION train_3D_action.py / train_3D.sh: 2/1, 30000 per stage; a chosen iteration "
-                            "(here: the last)"),
+                     source="ACTION (charlesyou999648/ACTION) code/train_3D.sh, train_3D_pretrain.py, "
+                            "train_3D_action.py: 1 + 1 patches, 30000 per stage, T_t 0.6, 128-d heads, ClassMix; "
+                            "a chosen iteration (here: the last)"),
 }
 
 LA_FIELD = Protocol(

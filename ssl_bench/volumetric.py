@@ -220,12 +220,10 @@ class SlidingWindow:
 # -- which methods run in 3D --------------------------------------------------------------------
 #: built-in methods whose losses are written for any spatial rank; each passes the method contract
 #: on 3D patches with the V-Net (tests/test_la.py)
-RUNS_IN_3D = ("unet-l", "unet-f", "mt", "uamt", "em", "ict", "cps", "dct", "bcp", "mcnet", "abd", "ad-mt", "unimatch", "ssnet")
+RUNS_IN_3D = ("unet-l", "unet-f", "mt", "uamt", "em", "ict", "cps", "dct", "bcp", "mcnet", "abd", "ad-mt", "unimatch",
+              "ssnet", "action")
 #: built-in methods that cannot run in 3D yet, and why
 NOT_IN_3D = {
-    "action": "its projection heads, region pooling (8 x 8 grid of pixel-aligned views) and CutMix are 2D, and "
-              "its heads read the 2D backbones' internals; the release's train_3D_action.py (V-Net in an ISD "
-              "wrapper) is not ported yet",
     "cct": "its auxiliary decoders perturb and resize 2D feature maps (dropout2d, 2D interpolation)",
     "dan": "its discriminator is a stack of 2D convolutions",
     "urpc": "its multi-scale heads are 2D convolutions",

@@ -246,8 +246,8 @@ def test_guards_protocols_methods_and_2d_keys(tmp_path):
     root = make_la(tmp_path / "d")
     with pytest.raises(ConfigError, match="la-field"):
         engine.prepare(RunSpec(method="mt", dataset="la", labeled=4, protocol="field"), root, tmp_path / "r")
-    with pytest.raises(ValueError, match="action cannot run on a 3D dataset"):
-        engine.prepare(RunSpec(method="action", dataset="la", labeled=4), root, tmp_path / "r")
+    with pytest.raises(ValueError, match="cct cannot run on a 3D dataset"):
+        engine.prepare(RunSpec(method="cct", dataset="la", labeled=4), root, tmp_path / "r")
     with pytest.raises(ConfigError, match="Left Atrium recipe"):
         engine.prepare(RunSpec(method="mt", dataset="tiny-test", labeled=2, protocol="la-clean"), root, tmp_path / "r")
     with pytest.raises(ValueError, match="apply to 3D datasets"):
@@ -260,8 +260,8 @@ def test_guards_protocols_methods_and_2d_keys(tmp_path):
 def test_reproduce_la_dry_run_lists_the_grid_and_published_rows(tmp_path):
     res = runner.invoke(app, ["reproduce", "la", "--dry-run", "--results-root", str(tmp_path)])
     assert res.exit_code == 0, res.output
-    assert "la-field-v1" in res.output and "= 36 runs" in res.output
-    assert "84.25" in res.output and "best on" in res.output and "ACTION's 3D form is not ported" in res.output
+    assert "la-field-v1" in res.output and "= 42 runs" in res.output  # 7 methods x 2 settings x 3 seeds
+    assert "84.25" in res.output and "best on" in res.output and "not ported" not in res.output
     res = runner.invoke(app, ["reproduce", "la", "--budget", "smoke", "--protocol", "la-clean", "--dry-run",
                               "--seeds", "0", "--methods", "unet-l", "--results-root", str(tmp_path)])
     assert res.exit_code == 0 and "la-small" in res.output and "= 2 runs" in res.output
@@ -396,6 +396,141 @@ def test_ssnet_in_3d_perturbs_every_patch_by_epsilon_and_contrasts_voxel_feature
     assert float(out.terms["contrast_lb"]) > 0 and math.isfinite(float(out.loss))
 
 
+# -- ACTION in 3D (its release's train_3D_*.py on the V-Net) -------------------------------------------
+def test_action_3d_linear_at_equals_trilinear_upsample_then_read():
+    from ssl_bench.methods.action_heads import linear_at
+
+    g = torch.Generator().manual_seed(0)
+    out = (8, 12, 16)
+    b = torch.randint(0, 2, (60,), generator=g)
+    coords = tuple(torch.randint(0, n, (60,), generator=g) for n in out)
+    for side in ((1, 3, 2), (2, 3, 4), (4, 6, 8), (8, 12, 16)):
+        feat = torch.randn(2, 3, *side, generator=g)
+        dense = torch.nn.functional.interpolate(feat, size=out, mode="trilinear", align_corners=False)
+        want = dense[b, :, coords[0], coords[1], coords[2]]
+        assert torch.allclose(linear_at(feat, b, coords, out), want, atol=1e-5), side
+
+
+def test_action_3d_cutmix_cuts_a_cuboid_through_a_quarter_of_the_slices():
+    from ssl_bench.methods.action_mix import cutmix_mask_3d, mix_masks
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        m = cutmix_mask_3d(16, 32, 32, g)
+        z, y, x = torch.nonzero(m == 0, as_tuple=True)
+        d, h, w = (int(v.max() - v.min() + 1) for v in (z, y, x))
+        assert len(z) == d * h * w and d == 4  # one filled cuboid, 16 / 4 slices deep
+        assert 16 < w < 32 and h == round(512 / w)
+    assert mix_masks("cutmix", torch.zeros(3, 16, 32, 32, dtype=torch.long), g).shape == (3, 16, 32, 32)
+    assert mix_masks("classmix", torch.zeros(3, 4, 4, 4, dtype=torch.long), g).shape == (3, 4, 4, 4)
+
+
+def test_action_3d_reco_weighted_ce_weights_each_patch():
+    """ReCo's compute_unsupervised_loss as train_3D_action.py has it: weighting[:, None, None, None]."""
+    from ssl_bench.methods.action_losses import reco_weighted_ce
+
+    g = torch.Generator().manual_seed(0)
+    logits, probs = torch.randn(2, 2, 3, 4, 5, generator=g), torch.rand(2, 2, 3, 4, 5, generator=g).softmax(1)
+    conf, pseudo = probs.max(1)
+    weight = (conf >= 0.6).flatten(1).float().mean(1)
+    ce = torch.nn.functional.cross_entropy(logits, pseudo, reduction="none")
+    want = (ce * weight.view(2, 1, 1, 1))[ce > 0].mean()
+    assert float(reco_weighted_ce(logits, probs, 0.6)[0]) == pytest.approx(float(want), rel=1e-6)
+
+
+def test_action_3d_gradients_stay_in_each_stages_parameters():
+    """Stage i trains the V-Net's down path + H^g + H^g_p, ii the V-Net + H^l + H^l_p, iii the V-Net +
+    H_r: every trainable parameter gets a gradient and no other one does (the teacher none)."""
+    from ssl_bench.testing import tiny_setup
+
+    method, batch = tiny_setup("action", size=32, num_classes=2, dims=3)
+    assert method.net.spatial_dims == 3 and isinstance(method.net.local_head.proj, torch.nn.Conv3d)
+    decoder = {id(p) for p in method.net.backbone.decoder.parameters()}
+    for stage in ("i", "ii", "iii"):
+        method.set_stage(stage)
+        method.train(True)
+        for m in method.modules().values():
+            m.zero_grad(set_to_none=True)
+        out = method.training_step(batch, 19)
+        assert math.isfinite(float(out.loss.detach()))
+        out.loss.backward()
+        trainable = {id(p) for p in method.trainable_parameters()}
+        assert bool(decoder & trainable) == (stage != "i")
+        for name, module in method.modules().items():
+            for pn, p in module.named_parameters():
+                assert (p.grad is not None) == (id(p) in trainable), f"stage {stage}: {name}.{pn}"
+
+
+def test_action_3d_stage_ii_loss_by_hand():
+    """0.5 (CE + Dice) + KL(p_t || p_s) over the 8 octant regions (local_grid 2) of each patch's logits,
+    projected by H^l (and H^l_p for the student), against the anchors of the bank (here 4 patches of
+    random region embeddings, as the release's queues start), tau_t 0.01, tau_s 0.1."""
+    from ssl_bench.testing import tiny_setup
+
+    F = torch.nn.functional
+    method, batch = tiny_setup("action", {"local_grid": 2}, size=32, num_classes=2, dims=3)
+    method.set_stage("ii")
+    method.local_bank.push(torch.randn(4, 8, 512, generator=torch.Generator().manual_seed(1)))
+    anchors = F.normalize(method.local_bank.items.reshape(-1, 512), dim=1)
+    method.train(False)  # no dropout: the hand computation sees the same outputs
+    out = method.training_step(batch, 5)
+    n = batch.x_lb.shape[0]
+    with torch.no_grad():
+        logits = method.net.backbone(torch.cat([batch.x_lb, batch.x_ulb_strong]))  # student: strong view
+        t_logits = method.teacher.backbone(batch.x_ulb)  # teacher: weak view
+
+        def octants(lg):  # (B, C, 32, 32, 32) -> (B, 8, C), z-major
+            return torch.stack([lg[:, :, a:a + 16, b:b + 16, c:c + 16].mean((2, 3, 4))
+                                for a in (0, 16) for b in (0, 16) for c in (0, 16)], 1)
+
+        def conv(e, layer):  # a 1x1x1 convolution as a matrix product
+            return e @ layer.weight.flatten(1).T + layer.bias
+
+        body = method.predictors["local"].body
+        e_s = conv(torch.relu(conv(conv(octants(logits[n:]), method.net.local_head.proj), body[0])), body[2])
+        e_t = conv(octants(t_logits), method.teacher.local_head.proj)
+        z_s, z_t = F.normalize(e_s.reshape(-1, 512), dim=1), F.normalize(e_t.reshape(-1, 512), dim=1)
+        p_t = (z_t @ anchors.T / 0.01).softmax(1)
+        log_p_s = (z_s @ anchors.T / 0.1).log_softmax(1)
+        kl = (p_t * (p_t.log() - log_p_s)).sum(1).mean()
+        p = logits[:n].softmax(1)
+        onehot = F.one_hot(batch.y_lb, 2).movedim(-1, 1).float()
+        dims = (0, 2, 3, 4)
+        dice = 1 - ((2 * (p * onehot).sum(dims) + 1e-5) / (p.sum(dims) + onehot.sum(dims) + 1e-5)).mean()
+        sup = 0.5 * (F.cross_entropy(logits[:n], batch.y_lb) + dice)
+    assert float(out.terms["sup"]) == pytest.approx(float(sup), rel=1e-5)
+    assert float(kl) > 0.01 and float(out.terms["local_kl"]) == pytest.approx(float(kl), rel=1e-3, abs=1e-5)
+    assert float(out.loss) == pytest.approx(float(sup + kl), rel=1e-3)
+    assert method.local_bank.items.shape == (6, 8, 512)  # the teacher's 2 patches enqueued after the 4
+
+
+def test_action_3d_released_variant_and_what_is_not_ported():
+    from ssl_bench.testing import run_contract, tiny_setup
+
+    for rep in run_contract("action", {"variant": "released", "mix": "cutmix"}, dims=3):
+        assert math.isfinite(rep["loss"]) and not rep["missing"] and not rep["teacher_grads"], rep["stage"]
+        assert all(rep["ema_ok"].values())
+    with pytest.raises(ConfigError, match="not ported to 3D"):
+        tiny_setup("action", {"variant": "released", "strong_view": "released"}, size=32, num_classes=2, dims=3)
+    t, cfg = resolve(RunSpec(method="action", dataset="la", protocol="la-field"), get_method_class("action"),
+                     get_dataset_class("la").train_defaults)
+    assert (t.total_iterations, t.labeled_bs, t.unlabeled_bs, t.report_checkpoint) == (90000, 1, 1, "last")
+    assert (cfg.variant, cfg.tau_t, cfg.proj_dim, cfg.mix) == ("released", 0.6, 128, "classmix")
+
+
+@pytest.mark.parametrize("ablation", ["vanilla", "no-rsi"])
+def test_action_3d_byol_ablations_honour_the_contract(ablation):
+    """BYOL's two-view loss (stage i of both, stage ii of no-rsi) and the supervised finetune stage on 3D patches."""
+    from ssl_bench.testing import run_contract
+
+    reports = run_contract("action", {"ablation": ablation}, dims=3)
+    assert [r["stage"] for r in reports] == (["i", "finetune"] if ablation == "vanilla" else ["i", "ii", "iii"])
+    for rep in reports:
+        assert math.isfinite(rep["loss"]) and not rep["missing"] and not rep["teacher_grads"], rep["stage"]
+        assert all(rep["ema_ok"].values())
+    assert "global_byol" in reports[0]["out"].terms
+
+
 def test_2d_only_methods_are_listed_with_a_reason():
     from ssl_bench.registry import list_methods
 
@@ -404,23 +539,39 @@ def test_2d_only_methods_are_listed_with_a_reason():
 
 
 # -- end to end ----------------------------------------------------------------------------------------
-@pytest.mark.slow
-@pytest.mark.parametrize("protocol", ["la-field", "la-clean"])
-def test_la_end_to_end_on_tiny_synthetic_volumes(tmp_path, protocol):
+def _tiny_la_run(tmp_path, method: str, protocol: str, *sets: str):
+    """``ssl-bench run`` on the tiny synthetic LA volumes (3 iterations, 32 x 32 x 16 patches, 4 labeled);
+    returns (metrics, config, split) of the finished run."""
     root = make_la(tmp_path / "data")
     results = tmp_path / "results"
-    res = runner.invoke(app, ["run", "--method", "uamt", "--dataset", "la", "--labeled", "4", "--protocol", protocol,
+    extra = [a for kv in sets for a in ("--set", kv)]
+    res = runner.invoke(app, ["run", "--method", method, "--dataset", "la", "--labeled", "4", "--protocol", protocol,
                               "--iterations", "3", "--no-progress", "--set", "patch_size=32,32,16",
-                              "--set", "sw_stride=16,16,8", "--set", "val_every=2", "--set", "method.mc_passes=2",
+                              "--set", "sw_stride=16,16,8", *extra,
                               "--data-root", str(root), "--results-root", str(results)])
     assert res.exit_code == 0, res.output
     [path] = list(results.rglob("metrics.json"))
     metrics = json.loads(path.read_text())
     assert metrics["status"] == "finished" and metrics["test"]["last"]["mean"]["n"] == 4
-    split = json.loads((path.parent / "split.json").read_text())
     config = json.loads((path.parent / "config.json").read_text())
     assert config["image_size"] == [16, 32, 32] and config["train"]["backbone"] == "vnet"
+    return metrics, config, json.loads((path.parent / "split.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["la-field", "la-clean"])
+def test_la_end_to_end_on_tiny_synthetic_volumes(tmp_path, protocol):
+    metrics, _, split = _tiny_la_run(tmp_path, "uamt", protocol, "val_every=2", "method.mc_passes=2")
     if protocol == "la-field":  # no validation: the 2 carved scans train as unlabeled
         assert split["val"] == [] and len(split["unlabeled"]) == 16 and metrics["best_is_last"]
     else:
         assert len(split["val"]) == 2 and len(split["unlabeled"]) == 14 and metrics["best_val_dice"] >= 0
+
+
+@pytest.mark.slow
+def test_action_la_end_to_end_on_tiny_synthetic_volumes(tmp_path):
+    """ACTION's three stages under la-field (one step each: budget_scale 1 on 3 iterations) on the V-Net."""
+    _, config, _ = _tiny_la_run(tmp_path, "action", "la-field", "budget_scale=1")
+    assert (config["train"]["labeled_bs"], config["train"]["unlabeled_bs"]) == (1, 1)
+    m = config["method_config"]
+    assert (m["tau_t"], m["proj_dim"], m["mix"]) == (0.6, 128, "classmix")

@@ -18,8 +18,11 @@ from ssl_bench.runconfig import RunSpec, resolve
 #: field v2 gained the recipes of ABD, AD-MT and UniMatch (issue 20) in the session that made it
 #: (was f3ecdb80c99f); no recipe of a method it had changed. It gained SS-Net's and MC-Net+'s ACDC
 #: recipes (issue 20; was 1326cc063d90): no field-v2 run of either existed, no other recipe changed.
+#: la-field / la-clean v1: ACTION's recipe gained its 3D scripts' T_t 0.6, 128-d heads and ClassMix
+#: when ACTION was ported to 3D (issue 19; were 259cd8b71237 / 3d87e3963e9a); until then every LA
+#: dataset refused ACTION, so no run of v1 used that recipe, and no other row changed.
 FINGERPRINTS = {("field", 1): "cb54ff805a81", ("field", 2): "5ba47552c2cb", ("paper", 1): "611571f03c72",
-                ("equal", 1): "32c9a5f7735f", ("la-field", 1): "259cd8b71237", ("la-clean", 1): "3d87e3963e9a"}
+                ("equal", 1): "32c9a5f7735f", ("la-field", 1): "2f920f7d8f7a", ("la-clean", 1): "d8b075eb8d80"}
 
 FAST = {"iterations": "4", "labeled_bs": "2", "unlabeled_bs": "2", "val_every": "2",
         "checkpoint_every": "2", "log_every": "1", "eval_batch_size": "4"}

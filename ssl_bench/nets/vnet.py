@@ -19,7 +19,8 @@ every spatial side divisible by 16 (the field's patch 112 x 112 x 80 is).
 
 The backbone interface of ``ssl_bench.nets``: ``forward``, ``encode`` (five features, shallow to
 deep), ``decode`` (logits and decoder features, deep to shallow), ``new_decoder``,
-``encoder_channels``, ``decoder_channels``.
+``encoder_channels``, ``decoder_channels``; and ``encoder_parameters`` (the down path, which
+methods that pre-train the encoder alone, ACTION's stage i, optimise).
 """
 from __future__ import annotations
 
@@ -120,6 +121,10 @@ class VNet(EncodeDecode, nn.Module):
 
     def decode(self, feats):
         return self.decoder(feats)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The down path's parameters (its stages and strided convolutions; dropout has none)."""
+        return [*self.stages.parameters(), *self.downs.parameters()]
 
     def new_decoder(self, up: str = "transposed") -> nn.Module:
         """A freshly initialised decoder (its own last-block dropout); ``up`` = transposed, linear or nearest."""
