@@ -8,7 +8,9 @@ every operation that, on a GPU, would make the host wait for a device tensor: re
 operations whose output shape depends on device values (``nonzero``, ``unique``,
 ``masked_select``, boolean indexing), and copies of host tensors to a device that are not
 ``non_blocking`` (pageable; ``sampling.to_device`` pins instead). On a CPU nothing waits, so
-this is how the tests see the syncs that the review counted on a GPU.
+this is how the tests see the syncs that the review counted on a GPU. One blind spot: on a CPU
+``x.to(device)`` of a device tensor looks like a download ("to cpu"), where on a GPU it is free
+if ``x`` is on that device already.
 """
 from __future__ import annotations
 
