@@ -439,7 +439,7 @@ class Action(Method):
         """(student view, teacher probabilities), both mixed with the next image by the same masks."""
         if self.cfg.mix == "none":
             return x_s, t_probs
-        masks = mix_masks(self.cfg.mix, t_probs.argmax(1), self.ctx.generator)
+        masks = mix_masks(self.cfg.mix, t_probs.argmax(1), self.ctx.generator, t_probs.shape[1])
         return mix_with_next(x_s, masks), mix_with_next(t_probs, masks)
 
     def _stage_anco(self, batch):

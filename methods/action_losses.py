@@ -95,10 +95,11 @@ def reco_weighted_ce(student_logits: torch.Tensor, teacher_probs: torch.Tensor,
     mask = conf >= theta
     weight = mask.flatten(1).float().mean(1)  # (B,): every pixel is valid here (no ignore label)
     ce = F.cross_entropy(student_logits.float(), pseudo, reduction="none")
-    positive = ce > 0
-    if not bool(positive.any()):  # a student that matches every pseudo-label exactly: nothing to learn
-        return ce.sum() * 0.0, mask  # (ReCo's mean over an empty selection would be NaN)
-    return (ce * weight.view(-1, *(1,) * (ce.dim() - 1)))[positive].mean(), mask  # (B, *spatial), any rank
+    positive = ce > 0  # masked, not selected: no host sync (a boolean index or bool(any) is one)
+    # no positive pixel (a student that matches every pseudo-label exactly): 0, where ReCo's mean
+    # over an empty selection would be NaN
+    total = torch.where(positive, ce * weight.view(-1, *(1,) * (ce.dim() - 1)), 0.0).sum()  # any rank
+    return total / positive.sum().clamp_min(1), mask
 
 
 # -- stage iii: AnCo and its active sampling -----------------------------------------------------
@@ -133,6 +134,22 @@ def sample_negative_classes(graph: torch.Tensor, c: int, n: int, generator: torc
     """``n`` class indices (rows of ``graph``), drawn i.i.d. from ``negative_class_distribution``."""
     probs = negative_class_distribution(graph, c, temperature).cpu()
     return torch.multinomial(probs, n, replacement=True, generator=generator)
+
+
+def draw_negative_classes(graph: torch.Tensor, rows: list[int], uniforms: torch.Tensor,
+                          temperature: float = 1.0) -> torch.Tensor:
+    """``sample_negative_classes`` for the classes ``rows`` at once, on ``graph``'s device: row r
+    of ``uniforms`` (len(rows), n) holds float64 draws of ``torch.rand`` from the generator that
+    ``torch.multinomial`` would have used, which (on the CPU, with replacement) draws one such
+    double per sample and takes the first class whose normalised float32 cumulative probability
+    reaches it. The same classes as ``sample_negative_classes`` on a CPU
+    (``tests/test_action.py``); on a GPU the softmax may round differently in its last bit."""
+    idx = to_device(torch.tensor(rows), graph.device)
+    logits = graph[idx].detach().float() / temperature
+    logits[torch.arange(len(rows), device=graph.device), idx] = float("-inf")
+    cum = torch.softmax(logits, dim=1).cumsum(1)
+    cum = (cum / cum[:, -1:]).double()
+    return torch.searchsorted(cum, to_device(uniforms, cum.device).double()).clamp_max(graph.shape[1] - 1)
 
 
 def anco_loss(queries: list[torch.Tensor], positives: torch.Tensor, negatives: list[torch.Tensor],
@@ -236,11 +253,12 @@ def sampled_anco(embed_at: Callable[[torch.Tensor], torch.Tensor], labels: torch
     has the same expectation as with per-query negative sets, at 1/num_queries of the memory).
     ``key_grad=False`` embeds the key pool without gradient, so only the queries are trained.
 
-    On a GPU the sampling reads the device twice (the class sizes and hard counts in one
-    transfer, then the class graph), instead of once or more per class and test: members are
-    found by one stable sort, prototype pixels by ``permutation_head``; every random number
-    comes from ``generator`` as before, so the numbers are those of the per-class version
-    (``tests/test_action.py``).
+    On a GPU the sampling reads the device once (the class sizes and hard counts in one
+    transfer), instead of once or more per class and test: members are found by one stable
+    sort, prototype pixels by ``permutation_head``, negative classes on the device from the
+    uniforms ``torch.multinomial`` would have drawn (``draw_negative_classes``); every random
+    number comes from ``generator`` as before, so on a CPU the numbers are those of the
+    per-class version (``tests/test_action.py``).
     """
     if form not in ANCO_FORMS:
         raise ValueError(f"AnCo form {form!r}; choose one of {', '.join(ANCO_FORMS)}")
@@ -250,7 +268,9 @@ def sampled_anco(embed_at: Callable[[torch.Tensor], torch.Tensor], labels: torch
     lab, val = labels.reshape(-1).long(), valid.reshape(-1)
     with torch.no_grad():
         hard = hard_query_mask(probs, labels, valid, theta).reshape(-1)
-        # the one read-back of the sampling: every class's size and hard count
+        # the one read-back of the sampling, every class's size and hard count, cannot go: the
+        # classes present, the pool and query shapes and how many draws the CPU generator spends
+        # on each class (permutation_head draws once per member) all depend on these counts
         none = torch.full_like(lab, n_cls)
         member_key, hard_key = torch.where(val, lab, none), torch.where(hard, lab, none)
         ones = torch.ones_like(lab)
@@ -285,16 +305,22 @@ def sampled_anco(embed_at: Callable[[torch.Tensor], torch.Tensor], labels: torch
 
     active = [i for i, n in enumerate(query_sizes) if n]
     with torch.no_grad():
-        # the second read-back: the class graph, once, for the CPU generator's class draws
-        with fp32(prototypes):
-            graph = class_relation_graph(prototypes.detach().float(), cosine=reco).cpu()
-        offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
-        size_t = torch.tensor(sizes)
+        # the class draws stay on the device: the CPU generator gives, class by class, the float64
+        # uniforms torch.multinomial would have drawn, then the uniforms that place a negative
+        # within its class's pool; the class graph is never read back
+        draws = [(torch.rand(num_negatives, dtype=torch.float64, generator=generator),
+                  torch.rand(num_negatives, generator=generator)) for _ in active]
         neg_rows = [torch.zeros(0, dtype=torch.long, device=device) for _ in classes]
-        for i in active:
-            k = sample_negative_classes(graph, i, num_negatives, generator, temperature=tau if reco else 1.0)
-            within = (torch.rand(num_negatives, generator=generator) * size_t[k]).long()
-            neg_rows[i] = to_device(offsets[k] + within.minimum(size_t[k] - 1), device)
+        if active:
+            with fp32(prototypes):
+                graph = class_relation_graph(prototypes.detach().float(), cosine=reco)
+            u_class, u_within = (to_device(torch.stack(d), device) for d in zip(*draws))
+            k = draw_negative_classes(graph, active, u_class, temperature=tau if reco else 1.0)
+            size_t = to_device(torch.tensor(sizes), device)
+            offsets = size_t.cumsum(0) - size_t
+            within = (u_within * size_t[k]).long().minimum(size_t[k] - 1)
+            for i, rows in zip(active, offsets[k] + within):
+                neg_rows[i] = rows
 
     sample = AncoSample(loss=torch.zeros((), device=device), classes=classes, query_index=queries,
                         negative_index=[pool_flat[r] for r in neg_rows], prototypes=prototypes,

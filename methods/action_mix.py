@@ -63,19 +63,36 @@ def classmix_mask(labels: torch.Tensor, generator: torch.Generator | None = None
     return torch.isin(labels.cpu(), keep).float()
 
 
-def mix_masks(kind: str, pseudo: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def classmix_masks(pseudo: torch.Tensor, n_classes: int,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """``classmix_mask`` of every image, the same draws and masks, on ``pseudo``'s device: which
+    classes each image holds is read back once for the batch (the one sync, unavoidable: how many
+    classes the generator permutes depends on it); the masks are built on the device."""
+    b = pseudo.shape[0]
+    present = torch.zeros(b, n_classes, dtype=torch.bool, device=pseudo.device)
+    present.scatter_(1, pseudo.reshape(b, -1).long(), True)
+    keep = torch.zeros(b, n_classes, dtype=torch.bool)
+    for i, row in enumerate(present.cpu()):
+        classes = torch.arange(n_classes)[row]
+        keep[i, classes[torch.randperm(len(classes), generator=generator)[:len(classes) // 2]]] = True
+    keep = to_device(keep, pseudo.device)
+    return keep.gather(1, pseudo.reshape(b, -1).long()).reshape(pseudo.shape).float()
+
+
+def mix_masks(kind: str, pseudo: torch.Tensor, generator: torch.Generator | None = None,
+              n_classes: int | None = None) -> torch.Tensor:
     """(B, *spatial) masks of one mixing ``kind`` for a batch with pseudo-labels ``pseudo``
-    (B, H, W) or (B, Z, Y, X)."""
-    if kind == "cutmix":
+    (B, H, W) or (B, Z, Y, X) (``n_classes``: how many classes a pseudo-label can take, for
+    ClassMix; reading the largest label instead costs a sync)."""
+    if kind == "cutmix":  # drawn on the host, sent from pinned memory
         if pseudo.dim() not in (3, 4):
             raise ValueError(f"cutmix takes 2D or 3D pseudo-labels (B, H, W) / (B, Z, Y, X); got {tuple(pseudo.shape)}")
         box = cutmix_mask if pseudo.dim() == 3 else cutmix_mask_3d
         masks = [box(*pseudo.shape[1:], generator) for _ in range(len(pseudo))]
-    elif kind == "classmix":
-        masks = [classmix_mask(p, generator) for p in pseudo]
-    else:
-        raise ValueError(f"unknown mix {kind!r}; choose one of {', '.join(MIXES)}")
-    return torch.stack(masks).to(pseudo.device)
+        return to_device(torch.stack(masks), pseudo.device)
+    if kind == "classmix":
+        return classmix_masks(pseudo, n_classes or int(pseudo.max()) + 1, generator)
+    raise ValueError(f"unknown mix {kind!r}; choose one of {', '.join(MIXES)}")
 
 
 def mix_with_next(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,7 @@ from scipy import ndimage
 from ssl_bench.ema import make_teacher
 from ssl_bench.losses import one_hot, soft_dice
 from ssl_bench.registry import register_method
+from ssl_bench.sampling import to_device
 
 from .base import Method, Stage, StepOutput
 from .variant import check_variant
@@ -117,7 +118,8 @@ def masked_supervised_loss(logits: torch.Tensor, target: torch.Tensor, region: t
 
 def largest_components(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Per slice (or volume) and foreground class, keep only the largest component (8-connected in 2D,
-    26-connected in 3D: full connectivity)."""
+    26-connected in 3D: full connectivity). One read of ``labels`` (scipy labels them on the host:
+    a sync that stays); the result goes back from pinned memory."""
     out = np.zeros(labels.shape, dtype=np.int64)
     lab = labels.detach().cpu().numpy()
     eight = np.ones((3,) * (lab.ndim - 1), dtype=bool)
@@ -128,7 +130,7 @@ def largest_components(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
                 continue
             sizes = np.bincount(comp.ravel())[1:]
             out[i][comp == 1 + int(np.argmax(sizes))] = c
-    return torch.from_numpy(out).to(labels.device)
+    return to_device(torch.from_numpy(out), labels.device)  # pinned: no second sync
 
 
 @register_method("bcp", paper="Bai et al., CVPR 2023",

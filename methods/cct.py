@@ -108,8 +108,9 @@ class CCT(Method):
         return {"student": self.student, "aux_decoders": self.aux_decoders}
 
     def perturb(self, kind: str, feats: list[torch.Tensor], main_logits: torch.Tensor,
-                decoder: nn.Module) -> list[torch.Tensor]:
-        """The encoder features as auxiliary decoder ``decoder`` of type ``kind`` sees them."""
+                decoder: nn.Module, cutout: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The encoder features as auxiliary decoder ``decoder`` of type ``kind`` sees them
+        (``cutout``: this decoder's G-Cutout mask, when the step has drawn it already)."""
         cfg = self.cfg
         ssl4mis = cfg.variant == "ssl4mis"
         if kind == "feature_noise":
@@ -126,7 +127,8 @@ class CCT(Method):
             keep = obj if kind == "context_mask" else 1.0 - obj
             return [f * P.resize_mask(keep, f) for f in feats]
         if kind == "cutout":
-            keep = P.guided_cutout_mask(main_logits.detach(), cfg.erase, generator=self.ctx.generator)
+            keep = cutout if cutout is not None else P.guided_cutout_mask(
+                main_logits.detach(), cfg.erase, generator=self.ctx.generator)
             return [f * P.resize_mask(keep, f) for f in feats]
         if kind == "vat":
             r = P.vat_perturbation(lambda z: _logits(decoder(z)), feats, cfg.vat_xi, cfg.vat_eps)
@@ -144,7 +146,12 @@ class CCT(Method):
             main_aux = main_logits[n_lb:]
         else:
             feats_aux, main_aux = feats, main_logits
-        aux_logits = [_logits(dec(self.perturb(kind, feats_aux, main_aux, dec)))
+        # the G-Cutout decoders' masks from one labelling of the prediction (review D2)
+        n_cut = self.aux_kinds.count("cutout")
+        cutouts = iter(P.guided_cutout_masks(main_aux.detach(), n_cut, self.cfg.erase,
+                                             generator=self.ctx.generator) if n_cut else [])
+        aux_logits = [_logits(dec(self.perturb(kind, feats_aux, main_aux, dec,
+                                               next(cutouts) if kind == "cutout" else None)))
                       for kind, dec in zip(self.aux_kinds, self.aux_decoders)]
         size = x.shape[-2:]
         aux_logits = [a if a.shape[-2:] == size else F.interpolate(a, size=size, mode="bilinear")

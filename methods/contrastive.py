@@ -21,13 +21,17 @@ from torch import nn
 
 from .base import Method, Stage, StepOutput
 
-_MASKED = -1e9  # a logit that contributes exp(.) = 0 without the NaN gradients of -inf
+_MASKED = -1e9  # a logit that contributes exp(.) = 0 without the NaN gradients of -inf (float32 only)
 
 
 def cosine_logits(z: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(..., N, D) embeddings -> (..., N, N) cosine similarities divided by the temperature."""
-    z = F.normalize(z.float(), dim=-1)
-    return z @ z.transpose(-1, -2) / temperature
+    """(..., N, D) embeddings -> (..., N, N) cosine similarities divided by the temperature, in
+    float32 even inside an autocast step: ``.float()`` alone does not escape autocast's matmul, and
+    float16 logits could hold neither ``_MASKED`` (review E3: masked_fill overflowed) nor a cosine
+    divided by a small temperature to more than about three digits."""
+    with torch.autocast(z.device.type, enabled=False):
+        z = F.normalize(z.float(), dim=-1)
+        return z @ z.transpose(-1, -2) / temperature
 
 
 def pair_contrastive_loss(z: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
@@ -78,10 +82,9 @@ def supervised_contrastive_loss(feats: torch.Tensor, labels: torch.Tensor, tempe
     keep = n_pos > 0
     if anchors is not None:
         keep = keep & anchors
-    if not bool(keep.any()):
-        return feats.sum() * 0.0
     per_anchor = -(log_prob * same.float()).sum(1) / n_pos.clamp_min(1)
-    return per_anchor[keep].mean()
+    # a masked mean, not a selection: no host sync (0, still depending on feats, when none qualifies)
+    return torch.where(keep, per_anchor, 0.0).sum() / keep.sum().clamp_min(1)
 
 
 def _reached(params: list[nn.Parameter], output: torch.Tensor) -> list[nn.Parameter]:

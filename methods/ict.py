@@ -92,13 +92,13 @@ class ICT(Method):
         with torch.no_grad():
             t_probs = self.teacher(u).float().softmax(1)
         if self.cfg.variant == "paper":
-            lam = sample_beta(self.alpha, None, g).to(u.device)
+            lam = to_device(sample_beta(self.alpha, None, g), u.device)
             perm = to_device(torch.randperm(u.shape[0], generator=g), u.device)
             return mix(u, u[perm], lam), mix(t_probs, t_probs[perm], lam)
         half = u.shape[0] // 2
         if half == 0:
             raise ValueError("ict (variant ssl4mis) needs at least 2 unlabeled slices per batch")
-        lam = sample_beta(self.alpha, half, g).to(u.device)
+        lam = to_device(sample_beta(self.alpha, half, g), u.device)
         a, b = slice(0, half), slice(half, 2 * half)
         return mix(u[a], u[b], lam), mix(t_probs[a], t_probs[b], lam)
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ssl_bench.sampling import to_device
+
 
 def feature_noise(x: torch.Tensor, uniform_range: float = 0.3) -> torch.Tensor:
     """F-Noise: x + x * N with N ~ U(-r, r) of shape (C, h, w), shared by the batch."""
@@ -46,28 +48,42 @@ def object_mask(logits: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1, keepdim=True) > 0).float()
 
 
-def guided_cutout_mask(logits: torch.Tensor, erase: float = 0.4, min_pixels: int = 50,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """G-Cutout: 0 on a random box covering ``erase`` of each predicted object's bounding box.
+def guided_cutout_masks(logits: torch.Tensor, n: int, erase: float = 0.4, min_pixels: int = 50,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` G-Cutout masks (n, B, 1, H, W) of one prediction: 0 on a random box covering
+    ``erase`` of each predicted object's bounding box, a box drawn per mask.
 
     Objects are the connected components of the predicted foreground; components smaller than
-    ``min_pixels`` are left alone (the reference code skips contours under 50 points).
+    ``min_pixels`` are left alone (the reference code skips contours under 50 points). They are
+    found once for the ``n`` masks: one read of the prediction (scipy labels it on the host, so
+    this sync stays), and the masks reach the device from pinned memory. The boxes are drawn in
+    the order of ``n`` calls of ``guided_cutout_mask`` (mask by mask, then image by image and
+    object by object), so the masks are those calls' masks.
     """
     fg = object_mask(logits)[:, 0].cpu().numpy().astype(np.uint8)
-    keep = np.ones_like(fg, dtype=np.float32)
+    objects = []  # (image, top, left, height, width, erased height, erased width)
     for b in range(fg.shape[0]):
-        labels, n = ndimage.label(fg[b])
+        labels, _ = ndimage.label(fg[b])
         for idx, box in enumerate(ndimage.find_objects(labels), start=1):
             if box is None or int((labels[box] == idx).sum()) < min_pixels:
                 continue
             (r0, r1), (c0, c1) = (box[0].start, box[0].stop), (box[1].start, box[1].stop)
             eh, ew = int((r1 - r0) * erase), int((c1 - c0) * erase)
-            if eh == 0 or ew == 0:
-                continue
-            dr = int(torch.randint(0, r1 - r0 - eh + 1, (1,), generator=generator))
-            dc = int(torch.randint(0, c1 - c0 - ew + 1, (1,), generator=generator))
-            keep[b, r0 + dr: r0 + dr + eh, c0 + dc: c0 + dc + ew] = 0.0
-    return torch.from_numpy(keep)[:, None].to(logits.device)
+            if eh and ew:
+                objects.append((b, r0, c0, r1 - r0, c1 - c0, eh, ew))
+    keep = np.ones((n, *fg.shape), dtype=np.float32)
+    for k in range(n):
+        for b, r0, c0, h, w, eh, ew in objects:
+            dr = int(torch.randint(0, h - eh + 1, (1,), generator=generator))
+            dc = int(torch.randint(0, w - ew + 1, (1,), generator=generator))
+            keep[k, b, r0 + dr: r0 + dr + eh, c0 + dc: c0 + dc + ew] = 0.0
+    return to_device(torch.from_numpy(keep)[:, :, None], logits.device)
+
+
+def guided_cutout_mask(logits: torch.Tensor, erase: float = 0.4, min_pixels: int = 50,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """One G-Cutout mask (B, 1, H, W): ``guided_cutout_masks`` with ``n = 1``."""
+    return guided_cutout_masks(logits, 1, erase, min_pixels, generator)[0]
 
 
 def l2_normalise(d: torch.Tensor) -> torch.Tensor:

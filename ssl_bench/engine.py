@@ -38,7 +38,7 @@ from ssl_bench.sampling import SlicePool, concat_pools, make_batch, make_pool, p
 from ssl_bench.schedules import learning_rate
 from ssl_bench.protocols import check_protocol_dataset
 from ssl_bench.volumetric import check_method_3d, configure as configure_volumetric, is_volumetric
-from ssl_bench.step import StepMonitor, StepRunner, TrainingDiverged, amp_settings, prepare_modules
+from ssl_bench.step import StepMonitor, StepRunner, TrainingDiverged, amp_settings, eager, prepare_modules
 
 
 # -- roots -----------------------------------------------------------------------------------
@@ -391,10 +391,11 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
                 if bar is not None:
                     bar.advance(values["loss"] if do_log else None)
                 if do_val:
-                    res = evaluate_cases(method.predictor(), run.dataset, run.split.val, size, device,
-                                         progress=False, batch_size=cfg.eval_batch_size,
-                                         workers=eval_workers(cfg), resample=cfg.eval_resample,
-                                         empty_asd=cfg.empty_asd)
+                    with eager(method):  # no inference graphs to compile (review D5)
+                        res = evaluate_cases(method.predictor(), run.dataset, run.split.val, size, device,
+                                             progress=False, batch_size=cfg.eval_batch_size,
+                                             workers=eval_workers(cfg), resample=cfg.eval_resample,
+                                             empty_asd=cfg.empty_asd)
                     method.train(True)
                     val_dice = float(res.summary["mean"]["dice"])
                     tracker.log_metrics({"val/dice/mean": val_dice}, state["global_step"])
@@ -470,9 +471,10 @@ def _test(run: PreparedRun, method, device, tracker, progress) -> dict:
     for ckpt in ("best", "last"):
         if res is None or not out["best_is_last"]:
             predictor.load_state_dict(weights[ckpt])
-            res = evaluate_cases(predictor, run.dataset, run.split.test, run.image_size, device, progress=progress,
-                                 batch_size=cfg.eval_batch_size, workers=eval_workers(cfg),
-                                 resample=cfg.eval_resample, empty_asd=cfg.empty_asd)
+            with eager(method):
+                res = evaluate_cases(predictor, run.dataset, run.split.test, run.image_size, device,
+                                     progress=progress, batch_size=cfg.eval_batch_size, workers=eval_workers(cfg),
+                                     resample=cfg.eval_resample, empty_asd=cfg.empty_asd)
         write_eval(res, run.run_dir, f"test_{ckpt}")
         out["test"][ckpt] = res.summary
         flat.update(mlflow_metrics(res.summary, f"test/{ckpt}"))

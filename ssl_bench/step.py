@@ -18,10 +18,12 @@ loop therefore never reads a value in its hot path:
   decoder, the heads), not the networks' ``forward``, which several methods never call. A compilation that fails (no compiler, an unsupported op)
   happens on the first call, so the runner guards the first step of every stage: on failure it
   warns, rolls the step back (weights, optimisers, RNG, method state), and reruns it without
-  compilation.
+  compilation. Validation and testing run the networks uncompiled (``eager``), so no graph is
+  compiled outside those guarded steps.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import warnings
@@ -136,10 +138,31 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+def _compiled_modules(method) -> list[torch.nn.Module]:
+    return [m for network in method.modules().values() for m in network.modules()
+            if getattr(m, "_compiled_call_impl", None) is not None]  # what nn.Module.compile() set
+
+
 def uncompile(method) -> None:
-    for network in method.modules().values():
-        for module in network.modules():
-            module._compiled_call_impl = None  # what nn.Module.compile() set; None = eager calls
+    for module in _compiled_modules(method):
+        module._compiled_call_impl = None  # None = eager calls
+
+
+@contextlib.contextmanager
+def eager(method):
+    """The networks run uncompiled inside (their compiled calls are restored on exit). Validation
+    and testing segment batches of every size up to ``eval_batch_size`` in eval mode without
+    gradients: compiled, each would be a new graph (30-60 s of inductor each, review D5), and a
+    compiler failing on one would crash the run past the first-step guard. Eager inference of a
+    few hundred slices costs far less than one compile."""
+    modules = _compiled_modules(method)
+    saved = [m._compiled_call_impl for m in modules]
+    uncompile(method)
+    try:
+        yield
+    finally:
+        for m, impl in zip(modules, saved):
+            m._compiled_call_impl = impl
 
 
 class StepRunner:

@@ -456,3 +456,36 @@ def test_similarities_stay_float32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         amp_anco = anco_loss([q], pos, [neg], 0.1, cosine=True)
     assert torch.equal(amp_anco, anco_loss([q], pos, [neg], 0.1, cosine=True))
+
+
+def test_negative_classes_drawn_on_the_device_are_multinomials_draws():
+    """Review D1: the class draws use the uniforms torch.multinomial would have drawn, so the
+    classes (and the generator's state after them) are those of ``sample_negative_classes``."""
+    from ssl_bench.methods.action_losses import draw_negative_classes
+
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        n_cls = 2 + seed % 4
+        graph = class_relation_graph(torch.randn(n_cls, 8, generator=g), cosine=seed % 2 == 0)
+        rows, temp = list(range(n_cls)), (0.3, 1.0)[seed % 2]
+        g_old, g_new = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        old = torch.stack([sample_negative_classes(graph, r, 300, g_old, temp) for r in rows])
+        u = torch.stack([torch.rand(300, dtype=torch.float64, generator=g_new) for _ in rows])
+        assert torch.equal(draw_negative_classes(graph, rows, u, temp), old)
+        assert torch.equal(g_old.get_state(), g_new.get_state())
+
+
+@pytest.mark.parametrize("variant", ["paper", "released"])
+def test_stage_iii_step_reads_the_device_once(variant):
+    """Review D1/D3: one host sync per stage-iii step (AnCo's class sizes and hard counts, which
+    the CPU generator's draws depend on), counted with ``host_reads.HostReads``; it was about 17
+    before issue 18 and 2 before this change (the class graph was read back too)."""
+    from host_reads import HostReads
+
+    method, batch = tiny_setup("action", {"variant": variant}, seed=4)
+    method.set_stage("iii")
+    method.train(True)
+    with HostReads() as probe:
+        out = method.training_step(batch, 19)
+    assert float(out.terms["anco"]) > 0
+    assert probe.reads == ["tolist"]

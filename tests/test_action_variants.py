@@ -398,3 +398,49 @@ def test_released_variant_runs_end_to_end_on_acdc_phantom(tmp_path):
     stage_ii = [m for m in logged if "train/ii/global_kl" in m]
     stage_iii = [m for m in logged if "train/iii/anco" in m]
     assert stage_ii and stage_iii and all(math.isfinite(m["train/iii/loss"]) for m in stage_iii)
+
+
+def test_reco_weighted_ce_masks_instead_of_selecting():
+    """Review D3: the mean over positive-CE pixels is a masked sum (no host sync); it is the old
+    boolean selection's mean up to the order of the float additions, and 0 with zero gradient
+    when no pixel has a positive CE (the old early return)."""
+    def old(student, teacher, theta):  # the selection form, before the change
+        conf, pseudo = teacher.max(dim=1)
+        weight = (conf >= theta).flatten(1).float().mean(1)
+        ce = F.cross_entropy(student.float(), pseudo, reduction="none")
+        return (ce * weight[:, None, None])[ce > 0].mean()
+
+    g = torch.Generator().manual_seed(0)
+    for theta in (0.3, 0.6, 0.99):
+        student = torch.randn(3, 4, 16, 16, generator=g, requires_grad=True)
+        teacher = torch.rand(3, 4, 16, 16, generator=g).softmax(1)
+        new = reco_weighted_ce(student, teacher, theta)[0]
+        assert torch.allclose(new, old(student, teacher, theta), rtol=1e-6, atol=0)
+        g_new, = torch.autograd.grad(new, student)
+        g_old, = torch.autograd.grad(old(student, teacher, theta), student)
+        assert torch.allclose(g_new, g_old, rtol=1e-5, atol=1e-9)
+    exact = (F.one_hot(teacher.argmax(1), 4).permute(0, 3, 1, 2) * 1e4).requires_grad_(True)
+    zero = reco_weighted_ce(exact, teacher, 0.5)[0]
+    assert float(zero) == 0.0 and not torch.autograd.grad(zero, exact)[0].any()
+
+
+@pytest.mark.parametrize("kind", ["cutmix", "classmix"])
+def test_batched_mix_masks_are_the_per_image_masks_with_one_sync_at_most(kind):
+    """Review D3: ClassMix reads the classes present once per batch (not once per image) and
+    builds the masks on the device, CutMix's host-drawn masks reach the device from pinned memory;
+    the masks and the generator's state equal the per-image construction's."""
+    from host_reads import HostReads
+
+    from ssl_bench.methods.action_mix import mix_masks
+
+    pseudo = torch.randint(4, (5, 12, 12), generator=torch.Generator().manual_seed(3))
+    pseudo[1] = 2  # an image with one class: nothing kept
+    g_old, g_new = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    if kind == "cutmix":
+        old = torch.stack([cutmix_mask(12, 12, g_old) for _ in pseudo])
+    else:
+        old = torch.stack([classmix_mask(p, g_old) for p in pseudo])
+    with HostReads() as probe:
+        new = mix_masks(kind, pseudo, g_new, n_classes=4)
+    assert torch.equal(new, old) and torch.equal(g_new.get_state(), g_old.get_state())
+    assert probe.reads == ([] if kind == "cutmix" else ["cpu"])

@@ -144,3 +144,15 @@ def test_authors_schedule_settings_split_and_hold_the_lr():
     assert stage_iterations(method.stages(), 60_000) == [30_000, 30_000]
     assert stage_iterations(tiny_setup("bcp")[0].stages(), 40_000) == [10_000, 30_000]
     assert {poly_lr(0.01, step, 30_000, 0.0) for step in (0, 15_000, 29_999)} == {0.01}
+
+
+def test_lcc_self_training_step_reads_the_device_once():
+    """Review D3: the lcc variant reads the pseudo-labels once (scipy labels them on the host) and
+    sends the kept components back from pinned memory; the pageable copy back was a second sync."""
+    from host_reads import HostReads
+
+    method, batch = tiny_setup("bcp", {"variant": "lcc"})
+    method.set_stage("self_train")
+    with HostReads() as probe:
+        method.training_step(batch, 5)
+    assert probe.reads == ["cpu"]

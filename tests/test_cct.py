@@ -152,3 +152,64 @@ def test_vat_direction_is_adversarial():
 
     assert kl(r_adv) > 5 * kl(r_rand)
     assert all(p.grad is None for p in dec.parameters())
+
+
+def _old_guided_cutout_mask(logits, erase=0.4, min_pixels=50, generator=None):
+    """G-Cutout as it was before review D2 (one labelling and one pageable copy per decoder)."""
+    import numpy as np
+    from scipy import ndimage
+
+    fg = P.object_mask(logits)[:, 0].cpu().numpy().astype(np.uint8)
+    keep = np.ones_like(fg, dtype=np.float32)
+    for b in range(fg.shape[0]):
+        labels, _ = ndimage.label(fg[b])
+        for idx, box in enumerate(ndimage.find_objects(labels), start=1):
+            if box is None or int((labels[box] == idx).sum()) < min_pixels:
+                continue
+            (r0, r1), (c0, c1) = (box[0].start, box[0].stop), (box[1].start, box[1].stop)
+            eh, ew = int((r1 - r0) * erase), int((c1 - c0) * erase)
+            if eh == 0 or ew == 0:
+                continue
+            dr = int(torch.randint(0, r1 - r0 - eh + 1, (1,), generator=generator))
+            dc = int(torch.randint(0, c1 - c0 - ew + 1, (1,), generator=generator))
+            keep[b, r0 + dr: r0 + dr + eh, c0 + dc: c0 + dc + ew] = 0.0
+    return torch.from_numpy(keep)[:, None].to(logits.device)
+
+
+def test_cutout_masks_of_one_labelling_are_the_per_decoder_masks():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.zeros(3, 4, 40, 40)
+    logits[:, 1, 5:20, 5:30] = 3.0  # objects of several sizes, one under min_pixels
+    logits[1, 2, 25:38, 2:14] = 3.0
+    logits[2, 3, 30:35, 30:35] = 3.0
+    g_old, g_new = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    old = torch.stack([_old_guided_cutout_mask(logits, 0.4, generator=g_old) for _ in range(6)])
+    new = P.guided_cutout_masks(logits, 6, 0.4, generator=g_new)
+    assert torch.equal(new, old) and torch.equal(g_new.get_state(), g_old.get_state())
+    assert not torch.equal(old[0], old[1])  # each decoder its own boxes
+
+
+def test_cct_step_labels_the_prediction_once_and_keeps_its_numbers(monkeypatch):
+    """Review D2: one read of the prediction per step for all G-Cutout decoders (it was one read
+    and one pageable copy per decoder); the step's loss and gradients are the old path's."""
+    from host_reads import HostReads
+
+    cfg = {"n_vat": 0, "n_dropout": 1, "n_cutout": 3, "n_context_mask": 0, "n_object_mask": 0,
+           "n_feature_drop": 0, "n_feature_noise": 1}
+    runs = []
+    for old in (False, True):
+        if old:  # every G-Cutout decoder labels the prediction again, as before
+            monkeypatch.setattr(P, "guided_cutout_masks", lambda logits, n, erase, generator=None: torch.stack(
+                [_old_guided_cutout_mask(logits, erase, generator=generator) for _ in range(n)]))
+        method, batch = tiny_setup("cct", cfg, seed=2)
+        with torch.no_grad():  # a prediction with large foreground objects, so that boxes are drawn
+            method.student.decoder.head.bias.copy_(torch.tensor([0.0, 0.3, 0.0, 0.0]))
+        torch.manual_seed(1)
+        with HostReads() as probe:
+            out = method.training_step(batch, 10)
+        grads = torch.autograd.grad(out.loss, list(method.student.parameters()))
+        runs.append((out.loss, grads, probe.reads, method.ctx.generator.get_state()))
+    (loss, grads, reads, state), (loss_old, grads_old, reads_old, state_old) = runs
+    assert torch.equal(loss, loss_old) and all(torch.equal(a, b) for a, b in zip(grads, grads_old))
+    assert torch.equal(state, state_old) and not torch.equal(state, torch.Generator().manual_seed(2).get_state())
+    assert reads == ["cpu"] and reads_old == ["cpu", "pageable to"] * 3

@@ -61,3 +61,15 @@ def test_beta_draws_follow_alpha():
     with pytest.raises(ValueError, match="unknown variant"):
         tiny_setup("ict", {"variant": "mixmatch"})
     assert math.isfinite(float(sample_beta(0.2, None, None)))
+
+
+@pytest.mark.parametrize("variant", ["paper", "ssl4mis"])
+def test_step_makes_no_host_sync(variant):
+    """Review D3: the Beta draws reach the device from pinned memory (``to_device``), not by a
+    pageable ``.to`` that waits for the device."""
+    from host_reads import HostReads
+
+    method, batch = tiny_setup("ict", {"variant": variant})
+    with HostReads() as probe:
+        method.training_step(batch, 5)
+    assert probe.reads == []

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ssl_bench.methods.contrastive import (pair_contrastive_loss, supervised_contrastive_loss,
                                            two_view_masks)
@@ -104,3 +105,47 @@ def test_projecting_sampled_pixels_equals_sampling_the_projected_map():
     f, y2 = sample_pixels(dec, labels, 4, 100)
     assert torch.allclose(method.local_head(f[:, :, None, None]).flatten(1), whole, atol=1e-5)
     assert torch.equal(y1, y2)
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16])
+def test_contrastive_losses_run_in_float32_under_autocast(amp_dtype):
+    """Review E3: under float16 autocast the logits were half and masked_fill(-1e9) raised
+    "value cannot be converted to type c10::Half without overflow" (GCL and SCS crashed); they are
+    built in float32 now, so both losses equal their float32 values under either autocast dtype."""
+    from ssl_bench.methods.contrastive import cosine_logits
+
+    g = torch.Generator().manual_seed(0)
+    z, labels = torch.randn(8, 16, generator=g), torch.tensor([0, 1, 0, 1, 2, 2, 0, 1])
+    pos, neg = two_view_masks(4)
+    plain = pair_contrastive_loss(z, pos, neg, 0.1), supervised_contrastive_loss(z, labels, 0.1)
+    with torch.autocast("cpu", dtype=amp_dtype):
+        assert (z @ z.T).dtype == amp_dtype  # what the logits were
+        assert cosine_logits(z.half(), 0.1).dtype == torch.float32
+        amp = pair_contrastive_loss(z, pos, neg, 0.1), supervised_contrastive_loss(z, labels, 0.1)
+    assert torch.equal(amp[0], plain[0]) and torch.equal(amp[1], plain[1])
+
+
+def test_supervised_contrast_masks_instead_of_selecting():
+    """Review D3: the mean over qualifying anchors is a masked sum (no ``bool(any)`` and no
+    boolean index, two host syncs on a GPU): the selection's mean up to the order of the float
+    additions, and the same gradients."""
+    from host_reads import HostReads
+
+    def old(feats, labels, temperature, anchors):  # the selection form, before the change
+        logits = F.normalize(feats.float(), dim=-1) @ F.normalize(feats.float(), dim=-1).T / temperature
+        not_self = ~torch.eye(len(feats), dtype=torch.bool)
+        log_prob = logits - torch.logsumexp(logits.masked_fill(~not_self, -1e9), dim=1, keepdim=True)
+        same = (labels[:, None] == labels[None, :]) & not_self
+        keep = (same.sum(1) > 0) & anchors
+        return (-(log_prob * same.float()).sum(1) / same.sum(1).clamp_min(1))[keep].mean()
+
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        feats = torch.randn(40, 8, generator=g, requires_grad=True)
+        labels, anchors = torch.randint(5, (40,), generator=g), torch.rand(40, generator=g) > 0.3
+        with HostReads() as probe:
+            new = supervised_contrastive_loss(feats, labels, 0.2, anchors)
+        assert probe.reads == []
+        assert torch.allclose(new, old(feats, labels, 0.2, anchors), rtol=1e-6, atol=0)
+        g_new, g_old = (torch.autograd.grad(v, feats)[0] for v in (new, old(feats, labels, 0.2, anchors)))
+        assert torch.allclose(g_new, g_old, rtol=1e-5, atol=1e-8)

@@ -96,6 +96,37 @@ def test_compile_failure_warns_rolls_back_and_trains_like_eager(tmp_path, monkey
     assert all(torch.equal(wc[k], we[k]) for k in wc)
 
 
+class _TrainingOnlyBackend:
+    """A dynamo backend that runs training graphs as traced and fails on an inference graph (one
+    traced without gradients: for UNet-L, whose step has none, validation's and testing's)."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, gm, example_inputs):
+        if not torch.is_grad_enabled():
+            raise RuntimeError("this compiler fails on inference graphs")
+        self.graphs += 1
+        return gm.forward
+
+
+def test_validation_and_test_run_eager_so_a_compile_failure_there_cannot_crash(tmp_path, monkeypatch):
+    """Review D5: validation and testing call the networks without gradients, in eval mode, with
+    batches of every size up to eval_batch_size; compiled, each was a new graph outside the
+    first-step guard, so a compiler failing there crashed the run (reproduced with this backend
+    before the change: RuntimeError in the first validation). Now they run eager: the run
+    finishes, training compiled and never fell back, and no inference graph was compiled."""
+    import warnings
+
+    torch._dynamo.reset()
+    backend = _TrainingOnlyBackend()
+    monkeypatch.setattr(step_mod, "COMPILE_BACKEND", backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback warning
+        _, res = _fit(tmp_path / "c", "unet-l", compile="true", eval_batch_size="3")
+    assert res.status == "finished" and backend.graphs > 0
+
+
 def test_compiled_step_runs_compiled_and_matches_eager(monkeypatch):
     """With the ``eager`` backend (dynamo traces the network, no code generation) the step runs
     through the compiled call and computes what the plain step computes."""
