@@ -207,6 +207,8 @@ def test_runs_are_named_as_its_published_rows():
     from ssl_bench.table.runs import display_name, read_reference
 
     assert display_name("ssnet") == "SS-Net" in set(read_reference("later_methods_acdc.csv")["method"])
+    # MC-Net's default (and every recipe's) variant is MC-Net+, the name of its published ACDC row
+    assert display_name("mcnet") == "MC-Net+" in set(read_reference("later_methods_acdc.csv")["method"])
 
 
 def test_field_recipe_and_bad_input():
