@@ -86,10 +86,11 @@ def guided_cutout_mask(logits: torch.Tensor, erase: float = 0.4, min_pixels: int
     return guided_cutout_masks(logits, 1, erase, min_pixels, generator)[0]
 
 
-def l2_normalise(d: torch.Tensor) -> torch.Tensor:
-    """Each sample scaled to unit L2 norm (an all-zero sample stays zero)."""
+def l2_normalise(d: torch.Tensor, add: float = 0.0) -> torch.Tensor:
+    """Each sample scaled to unit L2 norm (an all-zero sample stays zero); ``add`` is added to the
+    norm first (SS-Net's release divides by norm + 1e-8)."""
     norm = d.flatten(1).norm(dim=1).view(-1, *([1] * (d.dim() - 1)))
-    return d / norm.clamp_min(1e-30)
+    return d / (norm + add).clamp_min(1e-30)
 
 
 def vat_perturbation(decode: Callable[[list[torch.Tensor]], torch.Tensor], feats: list[torch.Tensor],

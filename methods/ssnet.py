@@ -77,6 +77,7 @@ from ssl_bench.registry import register_method
 from ssl_bench.sampling import to_device
 
 from .base import Method, StepOutput
+from .perturbations import l2_normalise
 from .variant import check_variant, resolve_all
 
 VARIANTS = {
@@ -105,8 +106,7 @@ class SSNetConfig:
 # -- smoothness -----------------------------------------------------------------------------------
 def l2_normalize(d: torch.Tensor) -> torch.Tensor:
     """Each sample of ``d`` (B, ...) divided by its L2 norm (+ 1e-8, as the release)."""
-    norm = d.flatten(1).norm(dim=1).reshape(-1, *([1] * (d.dim() - 1)))
-    return d / (norm + 1e-8)
+    return l2_normalise(d, add=1e-8)
 
 
 @contextlib.contextmanager
