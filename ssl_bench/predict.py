@@ -39,6 +39,7 @@ class RunPredictor:
     image_size: int | tuple[int, ...]  # 2D: the slice size; 3D: the patch (z, y, x)
     resample: str  # 2D: the run's eval_resample
     window: SlidingWindow | None = None  # 3D: the run's ``volumetric.SlidingWindow``; None on 2D runs
+    run_dir: Path | None = None  # where the weights and config.json came from
 
     @property
     def volumetric(self) -> bool:
@@ -74,7 +75,7 @@ def load_predictor(run_dir: Path, checkpoint: str, dataset, device: str = "cpu")
     state = torch.load(weights, map_location=device, weights_only=False)
     predictor.load_state_dict(state["predictor"])
     window = inference_window(dataset, train) if is_volumetric(dataset) else None
-    return RunPredictor(predictor.to(device).eval(), image_size, train.eval_resample, window)
+    return RunPredictor(predictor.to(device).eval(), image_size, train.eval_resample, window, run_dir)
 
 
 def run_image_size(config: dict, volumetric: bool, run_dir: Path) -> int | tuple[int, ...]:
