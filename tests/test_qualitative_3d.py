@@ -86,6 +86,7 @@ def test_figure_of_two_3d_runs_shows_the_scored_prediction(tmp_path, monkeypatch
     assert len(volumes) == len(shown) == len(set(shown)) >= 2  # one whole volume per method and case
     for run_dir, case_id, z in shown:
         assert z == qual.most_foreground_slice(cases[case_id].label)
+        assert f"{case_id} z={z}" in text  # the notes name each slice shown
     for run, volume, pred in volumes:
         case_id = case_of(volume)
         assert pred.shape == cases[case_id].label.shape

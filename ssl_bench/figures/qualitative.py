@@ -80,14 +80,16 @@ def slice_label(z: int, volumetric: bool) -> str:
     return f"axial slice z={z}" if volumetric else f"slice {z}"
 
 
-def slice_rule(predictors: dict[str, RunPredictor], dataset: str) -> str:
-    """The notes' account of the shown slice; on 3D, with each method's sliding window."""
+def slice_rule(predictors: dict[str, RunPredictor], dataset: str, shown: list[tuple[str, str, int]]) -> str:
+    """The notes' account of the shown slice; on 3D, with the slices shown (``shown``: (why, case,
+    z) a row) and each method's sliding window."""
     if not any(p.volumetric for p in predictors.values()):
         return "slice: most ground-truth foreground"
+    slices = ", ".join(f"{why} {case_id} z={z}" for why, case_id, z in shown)
     windows = "; ".join(f"{display_name(m, dataset)} patch {list(zyx(p.window.patch))}, stride {list(zyx(p.window.stride))}"
                         f", lcc {'on' if p.window.lcc else 'off'}" for m, p in predictors.items())
-    return ("slice: the axial slice (axis z) with most ground-truth foreground, of each method's sliding-window "
-            f"prediction of the whole volume as its test ran it ((x, y, z): {windows})")
+    return (f"slice: the axial slice (axis z) with most ground-truth foreground ({slices}), of each method's "
+            f"sliding-window prediction of the whole volume as its test ran it ((x, y, z): {windows})")
 
 
 def overlay(ax, image: np.ndarray, labels: np.ndarray | None, num_classes: int) -> None:
@@ -130,9 +132,11 @@ def qualitative(runs: pd.DataFrame, data_root: Path, out_dir: Path, checkpoint: 
     rows = pick_cases(means)
     ncol = 2 + len(methods)
     fig, axes = plt.subplots(len(rows), ncol, figsize=(2.2 * ncol, 2.4 * len(rows) + 0.8), squeeze=False)
+    shown = []  # (why, case, slice) a row
     for r, (why, case_id) in enumerate(rows):
         case = ds.load_case(case_id)
         z = most_foreground_slice(case.label)
+        shown.append((why, case_id, z))
         image, truth = np.asarray(case.image[z], dtype=float), np.asarray(case.label[z])
         overlay(axes[r][0], image, None, ds.num_classes)
         overlay(axes[r][1], image, truth, ds.num_classes)
@@ -150,5 +154,5 @@ def qualitative(runs: pd.DataFrame, data_root: Path, out_dir: Path, checkpoint: 
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     notes = [f"runs: {seeds}, split seed {chosen['split_seed'].iloc[0]}; "
-             f"cases: median and hardest by mean Dice over methods; {slice_rule(predictors, dataset_name)}"]
+             f"cases: median and hardest by mean Dice over methods; {slice_rule(predictors, dataset_name, shown)}"]
     return save(fig, out_dir, name, "qualitative", [display_name(m, dataset_name) for m in methods], notes)
