@@ -240,10 +240,10 @@ def check_method_3d(method: str) -> None:
 
 
 # -- wiring a run -------------------------------------------------------------------------------
-def configure(dataset, train_cfg) -> tuple[int, int, int]:
-    """Set up a 3D dataset for one run: its training patch and its test-time inference (stored on
-    the dataset as ``patch`` and ``inference``). Returns the patch (z, y, x): the run's
-    ``image_size``."""
+def inference_window(dataset, train_cfg) -> SlidingWindow:
+    """The sliding window a 3D run of ``dataset`` is tested with: the run's patch and strides (the
+    dataset's defaults where the config leaves them empty), its ``lcc`` switch and window batch.
+    The engine's test and ``ssl_bench.predict`` (the qualitative figure) both build it here."""
     patch = zyx(train_cfg.patch_size or dataset.default_patch_size)
     stride = zyx(train_cfg.sw_stride or dataset.default_stride)
     if len(patch) != 3 or len(stride) != 3:
@@ -252,9 +252,17 @@ def configure(dataset, train_cfg) -> tuple[int, int, int]:
                          f"{train_cfg.sw_stride or dataset.default_stride}")
     if "vnet" in train_cfg.backbone and any(p % 16 for p in patch):
         raise ValueError(f"patch_size {list(reversed(patch))} (x, y, z): V-Net needs every side divisible by 16")
-    dataset.patch = patch
-    dataset.inference = SlidingWindow(patch, stride, lcc=train_cfg.lcc, batch_size=max(1, train_cfg.eval_batch_size // 4))
-    return patch
+    return SlidingWindow(patch, stride, lcc=train_cfg.lcc, batch_size=max(1, train_cfg.eval_batch_size // 4))
+
+
+def configure(dataset, train_cfg) -> tuple[int, int, int]:
+    """Set up a 3D dataset for one run: its training patch and its test-time inference (stored on
+    the dataset as ``patch`` and ``inference``, from ``inference_window``). Returns the patch (z, y, x):
+    the run's ``image_size``."""
+    window = inference_window(dataset, train_cfg)
+    dataset.patch = window.patch
+    dataset.inference = window
+    return window.patch
 
 
 def is_volumetric(dataset) -> bool:

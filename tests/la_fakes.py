@@ -2,6 +2,7 @@
 with ``train.list`` / ``test.list``), written by the tests that need it."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -44,3 +45,29 @@ def make_la(root: Path, n_train: int = 20, n_test: int = 4, layout: str = "ua-mt
     (base / "train.list").write_text("\n".join(ids[:n_train]) + "\n")
     (base / "test.list").write_text("\n".join(ids[n_train:]) + "\n")
     return root
+
+
+def tiny_la_run(tmp_path: Path, method: str, protocol: str, *sets: str):
+    """``ssl-bench run`` on the tiny synthetic LA volumes under ``tmp_path/data`` (written on the first
+    call; 3 iterations, 32 x 32 x 16 patches, 4 labeled), into ``tmp_path/results`` (several runs of
+    different methods may share it); returns (metrics, config, split) of the finished run."""
+    from typer.testing import CliRunner
+
+    from ssl_bench.cli import app
+
+    root = tmp_path / "data"
+    if not root.exists():
+        make_la(root)
+    results = tmp_path / "results"
+    extra = [a for kv in sets for a in ("--set", kv)]
+    res = CliRunner().invoke(app, ["run", "--method", method, "--dataset", "la", "--labeled", "4", "--protocol", protocol,
+                                   "--iterations", "3", "--no-progress", "--set", "patch_size=32,32,16",
+                                   "--set", "sw_stride=16,16,8", *extra,
+                                   "--data-root", str(root), "--results-root", str(results)])
+    assert res.exit_code == 0, res.output
+    [path] = list(results.glob(f"la/*/*/{method}/*/metrics.json"))
+    metrics = json.loads(path.read_text())
+    assert metrics["status"] == "finished" and metrics["test"]["last"]["mean"]["n"] == 4
+    config = json.loads((path.parent / "config.json").read_text())
+    assert config["image_size"] == [16, 32, 32] and config["train"]["backbone"] == "vnet"
+    return metrics, config, json.loads((path.parent / "split.json").read_text())

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from la_fakes import make_la, scan_id
+from la_fakes import make_la, scan_id, tiny_la_run
 from ssl_bench import engine
 from ssl_bench.cli import app
 from ssl_bench.config import ConfigError
@@ -539,29 +539,10 @@ def test_2d_only_methods_are_listed_with_a_reason():
 
 
 # -- end to end ----------------------------------------------------------------------------------------
-def _tiny_la_run(tmp_path, method: str, protocol: str, *sets: str):
-    """``ssl-bench run`` on the tiny synthetic LA volumes (3 iterations, 32 x 32 x 16 patches, 4 labeled);
-    returns (metrics, config, split) of the finished run."""
-    root = make_la(tmp_path / "data")
-    results = tmp_path / "results"
-    extra = [a for kv in sets for a in ("--set", kv)]
-    res = runner.invoke(app, ["run", "--method", method, "--dataset", "la", "--labeled", "4", "--protocol", protocol,
-                              "--iterations", "3", "--no-progress", "--set", "patch_size=32,32,16",
-                              "--set", "sw_stride=16,16,8", *extra,
-                              "--data-root", str(root), "--results-root", str(results)])
-    assert res.exit_code == 0, res.output
-    [path] = list(results.rglob("metrics.json"))
-    metrics = json.loads(path.read_text())
-    assert metrics["status"] == "finished" and metrics["test"]["last"]["mean"]["n"] == 4
-    config = json.loads((path.parent / "config.json").read_text())
-    assert config["image_size"] == [16, 32, 32] and config["train"]["backbone"] == "vnet"
-    return metrics, config, json.loads((path.parent / "split.json").read_text())
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["la-field", "la-clean"])
 def test_la_end_to_end_on_tiny_synthetic_volumes(tmp_path, protocol):
-    metrics, _, split = _tiny_la_run(tmp_path, "uamt", protocol, "val_every=2", "method.mc_passes=2")
+    metrics, _, split = tiny_la_run(tmp_path, "uamt", protocol, "val_every=2", "method.mc_passes=2")
     if protocol == "la-field":  # no validation: the 2 carved scans train as unlabeled
         assert split["val"] == [] and len(split["unlabeled"]) == 16 and metrics["best_is_last"]
     else:
@@ -571,7 +552,7 @@ def test_la_end_to_end_on_tiny_synthetic_volumes(tmp_path, protocol):
 @pytest.mark.slow
 def test_action_la_end_to_end_on_tiny_synthetic_volumes(tmp_path):
     """ACTION's three stages under la-field (one step each: budget_scale 1 on 3 iterations) on the V-Net."""
-    _, config, _ = _tiny_la_run(tmp_path, "action", "la-field", "budget_scale=1")
+    _, config, _ = tiny_la_run(tmp_path, "action", "la-field", "budget_scale=1")
     assert (config["train"]["labeled_bs"], config["train"]["unlabeled_bs"]) == (1, 1)
     m = config["method_config"]
     assert (m["tau_t"], m["proj_dim"], m["mix"]) == (0.6, 128, "classmix")
