@@ -109,3 +109,52 @@ def test_reproduce_la_estimate_is_iterations_times_the_measured_median(tmp_path,
     assert all(it * e.seconds_per_iteration == pytest.approx(450 * 2.5) for it, e in mt)
     assert all("patch 64x64x32, 2+2 patches" in e.source and "scaled" not in e.source for _, e in mt)
     assert all(e is None for job, _, e in rows if job.method == "uamt")  # not measured
+
+
+@pytest.mark.slow
+def test_bench_steps_cli_with_patch_writes_3d_rows_beside_2d_ones(tmp_path):
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from ssl_bench.cli.bench import bench_app
+
+    app = typer.Typer()
+    app.add_typer(bench_app, name="bench")
+    (tmp_path / "cpu.csv").write_text(f"{HEADER_2D_ONLY}\n{ROW_2D}\n")  # a committed 2D-only file
+    res = CliRunner().invoke(app, ["bench", "steps", "--patch", "32,32,16", "--method", "unet-l", "--labeled-bs", "1",
+                                   "--unlabeled-bs", "1", "--steps", "1", "--warmup", "0", "--threads", "1",
+                                   "--out-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "cpu.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["image_size"], r["patch"]) for r in rows] == [("mt", "64", ""), ("unet-l", "", "32x32x16")]
+    assert float(rows[1]["peak_mem_mb"]) > 0  # the memory worker takes the patch too
+    run = json.loads((tmp_path / "cpu.json").read_text())["runs"][-1]
+    assert run["setting"].startswith("patch 32x32x16 (x,y,z) 1+1") and run["median_cpu_s"]["unet-l/train"] > 0
+    md = (tmp_path / "cpu.md").read_text()
+    assert "## patch 32 x 32 x 16 (x, y, z), V-Net, 1 + 1 patches" in md and "## 64 x 64, 6 + 6 slices" in md
+    bad = CliRunner().invoke(app, ["bench", "steps", "--patch", "32,32", "--out-dir", str(tmp_path)])
+    assert bad.exit_code == 2 and "give x,y,z" in bad.output
+
+
+def test_a_sweep_on_la_small_plans_from_the_3d_row(tmp_path):
+    """``sweep --dataset la-small``: the prepared 3D run (image_size = its (z, y, x) patch) takes the
+    3D row, never the 2D row of the same method."""
+    from la_fakes import make_la
+
+    from ssl_bench.sweep import Job
+    from ssl_bench.sweep.plan import plan
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "cpu.csv").write_text(",".join(steps.COLUMNS) + "\n"
+                                   "cpu,mt,train,64,,2,2,False,False,False,99.0,,1.2\n"
+                                   "cpu,mt,train,,64x64x32,2,2,False,False,False,2.5,,1.2\n")
+    root = make_la(tmp_path / "d")
+    job = Job("mt", "la-small", ("--labeled", "4"), 0, 0, ["--protocol", "la-field"])
+    p = plan([job], tmp_path / "results", runtime=["--results-root", str(tmp_path / "results"),
+                                                   "--data-root", str(root)], bench_dirs=[bench])
+    assert p.device_hours == pytest.approx(450 * 2.5 / 3600)
+    assert "mt: " + str(bench / "cpu.csv") + " (patch 64x64x32, 2+2 patches, cpu)" in p.describe()

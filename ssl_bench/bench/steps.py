@@ -238,7 +238,8 @@ def time_methods(names: list[str], s: Setting, steps: int, warmup: int, progress
             row = {"device": device_tag(s.device), "method": name, "stage": stage,
                    **s.columns(), "median_step_s": med,
                    "ratio_to_unet_l": med / ref, "reference_median_s": ref,
-                   "median_cpu_s": statistics.median(cpu[warmup:warmup + steps])}
+                   "median_cpu_s": statistics.median(cpu[warmup:warmup + steps]),
+                   "reference_cpu_s": statistics.median(cpu_ref[warmup:warmup + steps])}
             rows.append(row)
             if progress:
                 progress(row)
@@ -368,7 +369,7 @@ def markdown(rows: list[dict], runs: list[dict]) -> str:
     """The report of one device: one table per setting, the goals, the runs' conditions."""
     settings: dict[tuple, list[dict]] = {}
     for r in rows:
-        settings.setdefault(tuple(r.get(k) or "" for k in KEY[3:]), []).append(r)
+        settings.setdefault(tuple(str(_fmt(r)[k]) for k in KEY[3:]), []).append(r)  # CSV text or fresh values
     out = [f"# Step time per method and stage ({rows[0]['device'] if rows else ''})", "",
            "Written by `ssl-bench bench steps` (ssl_bench/bench/steps.py: how each figure is measured). "
            "ratio = median step time / median of a UNet-L step on labeled + unlabeled images, "
@@ -379,13 +380,15 @@ def markdown(rows: list[dict], runs: list[dict]) -> str:
         shape = (f"patch {patch.replace('x', ' x ')} (x, y, z), V-Net, {lb} + {ub} patches" if patch
                  else f"{size} x {size}, {lb} + {ub} slices")
         described = Setting(int(size or 0), int(lb), int(ub), amp, cl, comp, patch=parse_patch(patch)).describe()
+        cpu_of = {f"{r['method']}/{r['stage']}": cpu.get((described, f"{r['method']}/{r['stage']}")) for r in group}
+        with_cpu = any(v is not None for v in cpu_of.values())  # runs before CPU times were recorded: no column
         out += [f"## {shape}, amp={amp}, channels_last={cl}, compile={comp}", "",
-                "| method | stage | median s/step | median CPU s/step | ratio to UNet-L | peak memory (MiB) |",
-                "|---|---|---:|---:|---:|---:|"]
+                "| method | stage | median s/step |" + (" median CPU s/step |" if with_cpu else "")
+                + " ratio to UNet-L | peak memory (MiB) |", "|---|---|---:|" + ("---:|" if with_cpu else "") + "---:|---:|"]
         for r in sorted(group, key=lambda r: float(r["ratio_to_unet_l"])):
-            c = cpu.get((described, f"{r['method']}/{r['stage']}"))
-            out.append(f"| {r['method']} | {r['stage']} | {float(r['median_step_s']):.4f} | "
-                       f"{'n/a' if c is None else f'{c:.4f}'} | "
+            c = cpu_of[f"{r['method']}/{r['stage']}"]
+            cell = (" n/a |" if c is None else f" {c:.4f} |") if with_cpu else ""
+            out.append(f"| {r['method']} | {r['stage']} | {float(r['median_step_s']):.4f} |{cell} "
                        f"{float(r['ratio_to_unet_l']):.2f} | {r['peak_mem_mb'] or 'n/a'} |")
         out += [""] if patch else ["", "Goals (issue 11):", *goal_lines(group), ""]
     out += ["## Runs", "", "| measured | setting | threads | load average before -> after | torch |",
@@ -437,7 +440,7 @@ def run(methods: list[str] | None, s: Setting, steps: int = 10, warmup: int = 2,
         **before, "setting": setting, "steps": steps, "warmup": warmup,
         "loadavg_before": before["loadavg"], "loadavg_after": list(os.getloadavg()),
         **{field: {**earlier.get(field, {}), **{f"{r['method']}/{r['stage']}": r[field] for r in rows}}
-           for field in ("reference_median_s", "median_cpu_s")}}]
+           for field in ("reference_median_s", "median_cpu_s", "reference_cpu_s")}}]
     atomic_write_text(runs_path, json.dumps({"runs": runs}, indent=2) + "\n")
     atomic_write_text(out / f"{tag}.md", markdown(merged, runs))
     return {"rows": rows, "csv": out / f"{tag}.csv", "md": out / f"{tag}.md"}
