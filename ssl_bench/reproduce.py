@@ -170,18 +170,18 @@ def estimate_from_config(pairs: list[tuple[Job, RunSpec]], results_root: Path, d
     from ssl_bench.registry import get_dataset_class, get_method_class
     from ssl_bench.runconfig import resolve
     from ssl_bench.sweep.estimate import StepTimes, default_bench_dirs
+    from ssl_bench.volumetric import zyx
 
     times = StepTimes(Path(results_root), default_bench_dirs())
     out = []
     for job, spec in pairs:
         method_cls, data_cls = get_method_class(spec.method), get_dataset_class(spec.dataset)
-        if getattr(data_cls, "spatial_dims", 2) == 3:  # measured step times are 2D slices: no estimate
-            train_cfg, _ = resolve(spec, method_cls, getattr(data_cls, "train_defaults", None))
-            out.append((job, train_cfg.total_iterations, None))
-            continue
         train_cfg, method_cfg = resolve(spec, method_cls, getattr(data_cls, "train_defaults", None))
+        if getattr(data_cls, "spatial_dims", 2) == 3:  # as the engine: a 3D run's size is its (z, y, x) patch
+            size = zyx(train_cfg.patch_size or data_cls.default_patch_size)
+        else:
+            size = train_cfg.image_size or getattr(data_cls, "default_image_size", 256)
         run = SimpleNamespace(spec=spec, train_cfg=train_cfg, method_cfg=method_cfg, method_cls=method_cls,
-                              image_size=train_cfg.image_size or getattr(data_cls, "default_image_size", 256),
-                              dataset=SimpleNamespace(num_classes=len(data_cls.class_names)))
+                              image_size=size, dataset=SimpleNamespace(num_classes=len(data_cls.class_names)))
         out.append((job, train_cfg.total_iterations, times.estimate(run, device)))
     return out

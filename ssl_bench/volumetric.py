@@ -240,6 +240,13 @@ def check_method_3d(method: str) -> None:
 
 
 # -- wiring a run -------------------------------------------------------------------------------
+def check_vnet_patch(patch_zyx, what: str = "patch") -> None:
+    """V-Net halves every side four times: refuse a patch (z, y, x) with a side not divisible by 16."""
+    if len(patch_zyx) != 3 or any(int(p) < 16 or int(p) % 16 for p in patch_zyx):
+        raise ValueError(f"{what} {list(reversed(tuple(patch_zyx)))} (x, y, z): V-Net needs three sides, "
+                         "each divisible by 16 (e.g. 64,64,32)")
+
+
 def inference_window(dataset, train_cfg) -> SlidingWindow:
     """The sliding window a 3D run of ``dataset`` is tested with: the run's patch and strides (the
     dataset's defaults where the config leaves them empty), its ``lcc`` switch and window batch.
@@ -250,8 +257,8 @@ def inference_window(dataset, train_cfg) -> SlidingWindow:
         raise ValueError(f"patch_size and sw_stride take three numbers (x, y, z), e.g. patch_size=112,112,80; "
                          f"got {train_cfg.patch_size or dataset.default_patch_size} and "
                          f"{train_cfg.sw_stride or dataset.default_stride}")
-    if "vnet" in train_cfg.backbone and any(p % 16 for p in patch):
-        raise ValueError(f"patch_size {list(reversed(patch))} (x, y, z): V-Net needs every side divisible by 16")
+    if "vnet" in train_cfg.backbone:
+        check_vnet_patch(patch, "patch_size")
     return SlidingWindow(patch, stride, lcc=train_cfg.lcc, batch_size=max(1, train_cfg.eval_batch_size // 4))
 
 

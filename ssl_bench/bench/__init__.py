@@ -1,6 +1,7 @@
 """``ssl-bench bench``: what ssl-bench costs, measured, written under ``results/bench/``.
 
-* ``steps`` (``bench/steps.py``): the median step time and peak memory of every method and stage,
+* ``steps`` (``bench/steps.py``): the median step time and peak memory of every method and stage
+  (2D slices, or 3D patches with ``--patch``),
   with its ratio to a UNet-L step that sees as many images (labeled + unlabeled);
 * ``eval`` (``bench/eval.py``): the time to score a test set, and the surface metrics against
   medpy on a LiTS-size volume (values compared);
@@ -64,3 +65,19 @@ def synthetic_slices(n: int, size: int, num_classes: int = 4, seed: int = 0):
             labels[i, max(m + dy, 0): size - m + dy, max(m + dx, 0): size - m + dx] = c
     images = (labels / (num_classes - 1) + rng.normal(0, 0.1, labels.shape)).astype(np.float32)
     return images, labels, np.arange(n) // 4
+
+
+def synthetic_volumes(n: int, shape: tuple[int, int, int], seed: int = 0):
+    """``n`` volumes (lists of (Z, Y, X) float32 images and uint8 labels) of one ellipsoid (the
+    foreground, a quarter of each side in radius, centre jittered) in Gaussian noise: 3D training
+    data for timing."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+    radius = np.array(shape, float)[:, None, None, None] / 4
+    images, labels = [], []
+    for _ in range(n):
+        centre = np.array(shape)[:, None, None, None] / 2 + rng.integers(-2, 3, (3, 1, 1, 1))
+        label = (((grid - centre) / radius) ** 2).sum(0) < 1
+        images.append((label * 2.0 + rng.normal(0, 0.5, shape)).astype(np.float32))
+        labels.append(label.astype(np.uint8))
+    return images, labels

@@ -6,6 +6,14 @@ on the device and augmented there (``sampling.make_batch``), then ``step.StepRun
 synthetic slices (``bench.synthetic_slices``), the method configs their defaults, at step 500 of
 1000 (ramp-ups under way; no method changes its cost with the step).
 
+**3D** (``Setting.patch``, ``--patch x,y,z``): as a 3D dataset's run trains (``ssl_bench.volumetric``):
+patches cropped from whole synthetic volumes (``bench.synthetic_volumes``, a 1.5 x larger ellipsoid
+scan per draw) by a ``PatchPool``, the field's rot90 + flip as the weak augmentation, the V-Net
+backbone and two classes (the LA track's ``train_defaults``); every method of ``RUNS_IN_3D`` by
+default. "UNet-L" is then V-Net-L, still at ``labeled_bs + unlabeled_bs`` patches per step. A 3D row
+has its patch (x, y, z) in the ``patch`` column (``64x64x32``) and an empty ``image_size``; a 2D row
+an empty ``patch``.
+
 * **ratio_to_unet_l**: the method's median over the median of a UNet-L step on
   ``labeled_bs + unlabeled_bs`` labeled images, the same number of images per step; the two are
   timed in alternating blocks (``BLOCK`` steps each) in one process, so the load of other
@@ -37,13 +45,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-COLUMNS = ["device", "method", "stage", "image_size", "labeled_bs", "unlabeled_bs", "amp",
+COLUMNS = ["device", "method", "stage", "image_size", "patch", "labeled_bs", "unlabeled_bs", "amp",
            "channels_last", "compile", "median_step_s", "peak_mem_mb", "ratio_to_unet_l"]
-KEY = COLUMNS[:9]
+KEY = COLUMNS[:10]
+#: the schema before 3D rows (no ``patch``): such a file is read as 2D rows and rewritten in ``COLUMNS``
+COLUMNS_2D_ONLY = [c for c in COLUMNS if c != "patch"]
 BLOCK = 2  # steps of a method, then of the reference, alternately
+LOADED = 1.0  # a load average before a run from which its report calls it loaded
 #: the issue's goals, as ratios to UNet-L at equal images per step: (method, stage) -> at most
 GOALS = {("mt", "train"): 1.3, ("cps", "train"): 2.2, ("action", "iii"): 1.6}
 REFERENCE = "unet-l"
+#: what a 3D dataset's run trains with (``datasets/la.py``'s ``train_defaults``)
+BACKBONE_3D, CLASSES_3D = "vnet", 2
 
 
 @dataclass
@@ -55,7 +68,45 @@ class Setting:
     channels_last: bool = False
     compile: bool = False
     device: str = "cpu"
+    patch: tuple[int, int, int] | None = None  # 3D: the training patch (x, y, z); None: 2D slices
 
+    def __post_init__(self):
+        if self.patch is not None:
+            self.patch = tuple(int(v) for v in self.patch)  # a list after a trip through JSON
+
+    @property
+    def patch_text(self) -> str:
+        """The CSV's ``patch`` column: ``64x64x32`` (x, y, z), empty for 2D."""
+        return "x".join(map(str, self.patch)) if self.patch else ""
+
+    def columns(self) -> dict:
+        """The setting's key columns of a CSV row (``KEY`` after device, method, stage)."""
+        out = {k: getattr(self, k) for k in KEY[3:] if k != "patch"}
+        out["patch"] = self.patch_text
+        if self.patch:
+            out["image_size"] = ""
+        return out
+
+    def describe(self) -> str:
+        """One line for reports: size, batch and the switches."""
+        flags = f"amp={self.amp} cl={self.channels_last} compile={self.compile}"
+        if self.patch:
+            return f"patch {self.patch_text} (x,y,z) {self.labeled_bs}+{self.unlabeled_bs} {flags}"
+        return f"{self.image_size}px {self.labeled_bs}+{self.unlabeled_bs} {flags}"
+
+
+def check_3d(names: list[str], s: Setting) -> None:
+    """A 3D setting needs a V-Net patch, square in (x, y) for rot90, and methods that run in 3D."""
+    from ssl_bench.volumetric import check_method_3d, check_vnet_patch, zyx
+
+    check_vnet_patch(zyx(s.patch), "--patch")
+    if s.patch[0] != s.patch[1]:
+        raise ValueError(f"--patch {s.patch_text}: the 3D loop's rot90 needs x = y (e.g. 64,64,32)")
+    for name in names:
+        try:
+            check_method_3d(name)
+        except ValueError as exc:
+            raise ValueError(f"{exc}. Drop --patch to time {name} on 2D slices, or leave it out of --method") from None
 
 class StepBench:
     """One method's training iteration as the loop runs it (see the module doc)."""
@@ -63,29 +114,27 @@ class StepBench:
     def __init__(self, name: str, s: Setting, labeled_bs: int | None = None, seed: int = 0):
         import torch
 
-        from ssl_bench.augment import Augmenter
-        from ssl_bench.bench import synthetic_slices
         from ssl_bench.config import apply_overrides
         from ssl_bench.methods.base import MethodContext
         from ssl_bench.registry import get_method_class
         from ssl_bench.runconfig import TrainConfig
-        from ssl_bench.sampling import SlicePool, place_pools
+        from ssl_bench.sampling import place_pools
         from ssl_bench.step import amp_settings, prepare_modules
 
         self.device = torch.device(s.device)
         torch.manual_seed(seed)
         cls = get_method_class(name)
-        self.aug = Augmenter()
-        self.ctx = MethodContext(num_classes=4, image_size=s.image_size, total_iterations=1000,
-                                 augment=self.aug, generator=torch.Generator().manual_seed(seed + 1))
+        self.aug, net = _augmenter_and_network(s)
+        self.ctx = MethodContext(**net, total_iterations=1000, augment=self.aug,
+                                 generator=torch.Generator().manual_seed(seed + 1))
         self.method = cls(apply_overrides(cls.Config(), {}), self.ctx).to(self.device)
         self.compiled = prepare_modules(self.method, s.channels_last, s.compile)
         self.amp = s.amp
         self.amp_dtype, use_scaler = amp_settings(self.device, s.amp, "bfloat16")
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.cfg = TrainConfig(labeled_bs=labeled_bs or s.labeled_bs, unlabeled_bs=s.unlabeled_bs)
-        self.lb = SlicePool(synthetic_slices(32, s.image_size, seed=seed))
-        self.ulb = None if self.method.supervised_only else SlicePool(synthetic_slices(32, s.image_size, seed=seed + 7))
+        self.lb = _pool(s, seed)
+        self.ulb = None if self.method.supervised_only else _pool(s, seed + 7)
         place_pools([self.lb, self.ulb], self.device)
         self.g = torch.Generator().manual_seed(seed)
         self.stages = [st.name for st in self.method.stages()]
@@ -125,6 +174,32 @@ class StepBench:
         return time.perf_counter() - t0
 
 
+def _augmenter_and_network(s: Setting):
+    """The loop's augmenter and the ``MethodContext`` fields of the network: 2D slices (UNet, 4
+    classes) or, with a patch, the 3D track's (rot90 + flip, V-Net, 2 classes, (z, y, x) patch)."""
+    from ssl_bench.augment import AugmentConfig, Augmenter
+    from ssl_bench.volumetric import GEOMETRIC_3D, zyx
+
+    if s.patch is None:
+        return Augmenter(), {"num_classes": 4, "image_size": s.image_size}
+    return (Augmenter(AugmentConfig(weak=list(GEOMETRIC_3D))),
+            {"num_classes": CLASSES_3D, "backbone": BACKBONE_3D, "image_size": zyx(s.patch)})
+
+
+def _pool(s: Setting, seed: int):
+    """Training data as the loop holds it: a ``SlicePool`` of 32 slices, or a ``PatchPool`` of 8
+    volumes each 1.5 x the patch per side (crops at random corners)."""
+    from ssl_bench.bench import synthetic_slices, synthetic_volumes
+    from ssl_bench.sampling import SlicePool, make_pool
+    from ssl_bench.volumetric import VolumeSet, zyx
+
+    if s.patch is None:
+        return SlicePool(synthetic_slices(32, s.image_size, seed=seed))
+    patch = zyx(s.patch)
+    images, labels = synthetic_volumes(8, tuple(p + p // 2 for p in patch), seed=seed)
+    return make_pool(VolumeSet(images, labels, patch))
+
+
 def interleaved_medians(a, b, steps: int, warmup: int) -> tuple[float, float]:
     """Median step seconds of two zero-argument timed steps, run in alternating blocks."""
     for _ in range(warmup):
@@ -134,6 +209,17 @@ def interleaved_medians(a, b, steps: int, warmup: int) -> tuple[float, float]:
         for fn, out in ((a, ta), (b, tb)) if r % 2 == 0 else ((b, tb), (a, ta)):
             out.extend(fn() for _ in range(BLOCK))
     return statistics.median(ta[:steps]), statistics.median(tb[:steps])
+
+
+def _cpu_recorded(timed_step, record: list):
+    """``timed_step`` that also appends the process CPU seconds of each call to ``record`` (on a
+    loaded machine the wall time includes waiting for a core; the CPU time does not)."""
+    def step() -> float:
+        t0 = time.process_time()
+        wall = timed_step()
+        record.append(time.process_time() - t0)
+        return wall
+    return step
 
 
 def time_methods(names: list[str], s: Setting, steps: int, warmup: int, progress=None) -> list[dict]:
@@ -146,10 +232,14 @@ def time_methods(names: list[str], s: Setting, steps: int, warmup: int, progress
         bench = StepBench(name, s)
         for stage in bench.stages:
             bench.set_stage(stage)
-            med, ref = interleaved_medians(bench.timed_step, reference.timed_step, steps, warmup)
+            cpu, cpu_ref = [], []
+            med, ref = interleaved_medians(_cpu_recorded(bench.timed_step, cpu),
+                                           _cpu_recorded(reference.timed_step, cpu_ref), steps, warmup)
             row = {"device": device_tag(s.device), "method": name, "stage": stage,
-                   **{k: getattr(s, k) for k in KEY[3:]}, "median_step_s": med,
-                   "ratio_to_unet_l": med / ref, "reference_median_s": ref}
+                   **s.columns(), "median_step_s": med,
+                   "ratio_to_unet_l": med / ref, "reference_median_s": ref,
+                   "median_cpu_s": statistics.median(cpu[warmup:warmup + steps]),
+                   "reference_cpu_s": statistics.median(cpu_ref[warmup:warmup + steps])}
             rows.append(row)
             if progress:
                 progress(row)
@@ -224,12 +314,17 @@ def peak_memory(names: list[str], s: Setting, threads: int = 0) -> dict:
 
 
 # -- reports -----------------------------------------------------------------------------------
+def parse_patch(text: str) -> tuple[int, int, int] | None:
+    """The CSV's ``patch`` column back to (x, y, z); None for a 2D row (empty)."""
+    return tuple(int(v) for v in text.split("x")) if text else None
+
+
 def _key(row: dict) -> tuple:
-    return tuple(str(row[k]) for k in KEY)
+    return tuple(str(row.get(k, "")) for k in KEY)
 
 
 def _fmt(row: dict) -> dict:
-    out = {k: row[k] for k in KEY}
+    out = {k: row.get(k, "") for k in KEY}  # rows without ``patch`` (the card's) are 2D
     out["median_step_s"] = f"{float(row['median_step_s']):.6g}"
     mem = row.get("peak_mem_mb")
     out["peak_mem_mb"] = "" if mem in (None, "") else f"{float(mem):.1f}"
@@ -246,9 +341,10 @@ def merge_csv(path: Path, rows: list[dict]) -> list[dict]:
     if path.exists():
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames != COLUMNS:
+            if reader.fieldnames not in (COLUMNS, COLUMNS_2D_ONLY):
                 raise ValueError(f"{path} has columns {reader.fieldnames}, not {COLUMNS}: move it away")
-            old = [r for r in reader if _key(r) not in new]
+            old = [{**r, "patch": r.get("patch") or ""} for r in reader]
+            old = [r for r in old if _key(r) not in new]
     merged = old + list(new.values())
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
@@ -273,58 +369,78 @@ def markdown(rows: list[dict], runs: list[dict]) -> str:
     """The report of one device: one table per setting, the goals, the runs' conditions."""
     settings: dict[tuple, list[dict]] = {}
     for r in rows:
-        settings.setdefault(tuple(r[k] for k in KEY[3:]), []).append(r)
+        settings.setdefault(tuple(str(_fmt(r)[k]) for k in KEY[3:]), []).append(r)  # CSV text or fresh values
     out = [f"# Step time per method and stage ({rows[0]['device'] if rows else ''})", "",
            "Written by `ssl-bench bench steps` (ssl_bench/bench/steps.py: how each figure is measured). "
            "ratio = median step time / median of a UNet-L step on labeled + unlabeled images, "
            "timed alternately in the same process.", ""]
+    cpu = {(run["setting"], k): v for run in runs for k, v in run.get("median_cpu_s", {}).items()}
     for setting, group in settings.items():
-        size, lb, ub, amp, cl, comp = setting
-        out += [f"## {size} x {size}, {lb} + {ub} slices, amp={amp}, channels_last={cl}, compile={comp}", "",
-                "| method | stage | median s/step | ratio to UNet-L | peak memory (MiB) |", "|---|---|---:|---:|---:|"]
+        size, patch, lb, ub, amp, cl, comp = setting
+        shape = (f"patch {patch.replace('x', ' x ')} (x, y, z), V-Net, {lb} + {ub} patches" if patch
+                 else f"{size} x {size}, {lb} + {ub} slices")
+        described = Setting(int(size or 0), int(lb), int(ub), amp, cl, comp, patch=parse_patch(patch)).describe()
+        cpu_of = {f"{r['method']}/{r['stage']}": cpu.get((described, f"{r['method']}/{r['stage']}")) for r in group}
+        with_cpu = any(v is not None for v in cpu_of.values())  # runs before CPU times were recorded: no column
+        out += [f"## {shape}, amp={amp}, channels_last={cl}, compile={comp}", "",
+                "| method | stage | median s/step |" + (" median CPU s/step |" if with_cpu else "")
+                + " ratio to UNet-L | peak memory (MiB) |", "|---|---|---:|" + ("---:|" if with_cpu else "") + "---:|---:|"]
         for r in sorted(group, key=lambda r: float(r["ratio_to_unet_l"])):
-            out.append(f"| {r['method']} | {r['stage']} | {float(r['median_step_s']):.4f} | "
+            c = cpu_of[f"{r['method']}/{r['stage']}"]
+            cell = (" n/a |" if c is None else f" {c:.4f} |") if with_cpu else ""
+            out.append(f"| {r['method']} | {r['stage']} | {float(r['median_step_s']):.4f} |{cell} "
                        f"{float(r['ratio_to_unet_l']):.2f} | {r['peak_mem_mb'] or 'n/a'} |")
-        out += ["", "Goals (issue 11):", *goal_lines(group), ""]
+        out += [""] if patch else ["", "Goals (issue 11):", *goal_lines(group), ""]
     out += ["## Runs", "", "| measured | setting | threads | load average before -> after | torch |",
             "|---|---|---:|---|---|"]
     for run in runs:
         la, lb_ = run["loadavg_before"], run["loadavg_after"]
+        loaded = ", **loaded**" if la[0] >= LOADED else ""
         out.append(f"| {run['measured_at']} | {run['setting']} | {run['torch_threads']} | "
-                   f"{la[0]:.2f} -> {lb_[0]:.2f} (1 min) | {run['torch']} |")
+                   f"{la[0]:.2f} -> {lb_[0]:.2f} (1 min){loaded} | {run['torch']} |")
+    out += ["", f"loaded: a 1-minute load average of {LOADED} or more before the run (other processes "
+                "busy): its seconds per step include waiting for a core; its ratios are still side by side."]
     return "\n".join(out) + "\n"
 
 
 def run(methods: list[str] | None, s: Setting, steps: int = 10, warmup: int = 2,
-        out_dir: Path | str = Path("results/bench"), threads: int = 0, progress=None) -> dict:
-    """Time and measure every method, merge into ``<device>.csv``, write ``.md`` and ``.json``."""
+        out_dir: Path | str = Path("results/bench"), threads: int = 0, progress=None,
+        memory: bool = True) -> dict:
+    """Time and measure every method, merge into ``<device>.csv``, write ``.md`` and ``.json``
+    (default methods: all, or with a patch those of ``RUNS_IN_3D``). ``memory=False`` skips the
+    memory worker (the peak column stays empty)."""
     import torch
 
     from ssl_bench.bench import check_device, device_tag, machine
     from ssl_bench.datasets.base import atomic_write_text
     from ssl_bench.registry import list_methods
+    from ssl_bench.volumetric import RUNS_IN_3D
 
     check_device(s.device)
     if steps < 1 or warmup < 0:
         raise ValueError(f"bench steps: steps={steps}, warmup={warmup}; use steps >= 1 and warmup >= 0")
-    names = methods or list_methods()
+    names = methods or (list(RUNS_IN_3D) if s.patch else list_methods())
+    if s.patch:
+        check_3d(names, s)
     if threads > 0:
         torch.set_num_threads(threads)
     before = machine()
-    memory = peak_memory(names, s, threads)
+    peaks = peak_memory(names, s, threads) if memory else {}
     rows = time_methods(names, s, steps, warmup, progress)
     for r in rows:
-        r["peak_mem_mb"] = memory.get(r["method"], {}).get(r["stage"])
+        r["peak_mem_mb"] = peaks.get(r["method"], {}).get(r["stage"])
     tag = device_tag(s.device)
     out = Path(out_dir)
     merged = merge_csv(out / f"{tag}.csv", rows)
     runs_path = out / f"{tag}.json"
     runs = json.loads(runs_path.read_text())["runs"] if runs_path.exists() else []
-    setting = f"{s.image_size}px {s.labeled_bs}+{s.unlabeled_bs} amp={s.amp} cl={s.channels_last} compile={s.compile}"
+    setting = s.describe()
+    earlier = next((r for r in runs if r["setting"] == setting), {})  # other methods' figures stay
     runs = [r for r in runs if r["setting"] != setting] + [{
         **before, "setting": setting, "steps": steps, "warmup": warmup,
         "loadavg_before": before["loadavg"], "loadavg_after": list(os.getloadavg()),
-        "reference_median_s": {f"{r['method']}/{r['stage']}": r["reference_median_s"] for r in rows}}]
+        **{field: {**earlier.get(field, {}), **{f"{r['method']}/{r['stage']}": r[field] for r in rows}}
+           for field in ("reference_median_s", "median_cpu_s", "reference_cpu_s")}}]
     atomic_write_text(runs_path, json.dumps({"runs": runs}, indent=2) + "\n")
     atomic_write_text(out / f"{tag}.md", markdown(merged, runs))
     return {"rows": rows, "csv": out / f"{tag}.csv", "md": out / f"{tag}.md"}

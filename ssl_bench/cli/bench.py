@@ -35,12 +35,12 @@ def _threads(n: int) -> None:
 
 def _steps_table(rows: list[dict]) -> Table:
     table = Table(title="step time per method and stage (ratio: to UNet-L at equal images per step)")
-    for col in ("method", "stage", "median s/step", "ratio to UNet-L", "peak MiB"):
+    for col in ("method", "stage", "median s/step", "CPU s/step", "ratio to UNet-L", "peak MiB"):
         table.add_column(col, justify="left" if col in ("method", "stage") else "right")
     for r in rows:
-        mem = r.get("peak_mem_mb")
-        table.add_row(r["method"], r["stage"], f"{r['median_step_s']:.4f}", f"{r['ratio_to_unet_l']:.2f}",
-                      "n/a" if mem is None else f"{mem:.0f}")
+        mem, cpu = r.get("peak_mem_mb"), r.get("median_cpu_s")
+        table.add_row(r["method"], r["stage"], f"{r['median_step_s']:.4f}", "n/a" if cpu is None else f"{cpu:.4f}",
+                      f"{r['ratio_to_unet_l']:.2f}", "n/a" if mem is None else f"{mem:.0f}")
     return table
 
 
@@ -68,27 +68,41 @@ def bench_all(ctx: typer.Context, device: str = DEVICE, out_dir: Path = OUT, thr
     console.print(f"written to {rep['csv']}, {rep['md']} and the *_reference_mt / *_eval reports beside them")
 
 
+def _patch(text: str) -> tuple[int, int, int] | None:
+    """``--patch x,y,z`` (the field's order, as ``--set patch_size=``); empty: 2D slices."""
+    return _shape(text, "--patch", "x,y,z, e.g. 64,64,32 (la-small's patch)") if text else None
+
+
 @bench_app.command("steps")
 def bench_steps(
-    method: list[str] = typer.Option([], "--method", help="methods to time (default: all)"),
+    method: list[str] = typer.Option([], "--method", help="methods to time (default: all; with --patch: those that run in 3D)"),
     image_size: int = typer.Option(0, help="slice side in pixels (0: 64 on a CPU, 256 on a GPU)"),
-    labeled_bs: int = typer.Option(0, help="labeled slices per step (0: 6 on a CPU, 12 on a GPU)"),
+    patch: str = typer.Option("", help="3D: time V-Net steps on patches of x,y,z voxels (e.g. 64,64,32) instead of 2D slices"),
+    labeled_bs: int = typer.Option(0, help="labeled slices per step (0: 6 on a CPU, 12 on a GPU; with --patch: 2 patches)"),
     unlabeled_bs: int = typer.Option(0, help="unlabeled slices per step (0: as labeled_bs's default)"),
     amp: bool = typer.Option(False, "--amp", help="bf16 autocast"),
     channels_last: bool = typer.Option(False, "--channels-last", help="channels-last networks"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the networks"),
     steps: int = typer.Option(10, help="timed steps per method and stage (as many for UNet-L)"),
     warmup: int = typer.Option(2, help="untimed steps first"),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="peak memory in a worker process (time: about 3 more steps per stage)"),
     device: str = DEVICE, out_dir: Path = OUT, threads: int = THREADS,
 ):
     """Median step time, peak memory and ratio to UNet-L of every method and stage -> <device>.csv/.md."""
     from ssl_bench.bench import steps as bench
 
+    shape = _patch(patch)
+    if shape and image_size:
+        raise typer.BadParameter("--image-size is for 2D slices and --patch for 3D patches: give one of them")
     size, lb, ub = _defaults(device, image_size, labeled_bs, unlabeled_bs)
+    if shape:  # the LA track's batch: 2 + 2 patches (UA-MT's), unless given
+        lb, ub = labeled_bs or 2, unlabeled_bs or 2
     _threads(threads)
     try:
-        rep = bench.run(method or None, bench.Setting(size, lb, ub, amp, channels_last, compile, device),
-                        steps=steps, warmup=warmup, out_dir=out_dir, threads=threads)
+        rep = bench.run(method or None, bench.Setting(size, lb, ub, amp, channels_last, compile, device, shape),
+                        steps=steps, warmup=warmup, out_dir=out_dir, threads=threads, memory=memory,
+                        progress=lambda r: console.print(f"{r['method']:>8} {r['stage']:>9}: "
+                                                         f"{r['median_step_s']:.3f} s, {r['ratio_to_unet_l']:.2f} x UNet-L"))
     except user_errors() as exc:
         fail(str(exc))
     console.print(_steps_table(rep["rows"]))
@@ -120,13 +134,14 @@ def bench_reference_mt(
                   f"s/step: {rep['speedup']:.2f} x; written to {out_dir}/{rep['device']}_reference_mt.md")
 
 
-def _shape(text: str, name: str) -> tuple[int, ...]:
+def _shape(text: str, name: str, give: str = "depth,height,width, e.g. 100,512,512") -> tuple[int, ...]:
+    """Three comma-separated integers, or a ``BadParameter`` that says what to ``give``."""
     try:
         shape = tuple(int(v) for v in text.split(","))
     except ValueError:
         shape = ()
     if len(shape) != 3:
-        raise typer.BadParameter(f"{name} {text!r}: give depth,height,width, e.g. 100,512,512")
+        raise typer.BadParameter(f"{name} {text!r}: give {give}")
     return shape
 
 

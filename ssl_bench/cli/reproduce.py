@@ -153,7 +153,8 @@ def _print_estimate(req, results_root: Path) -> None:
         console.print(f"  {', '.join(methods)}: {source}", highlight=False)
     unknown = sorted({j.method for j, _, e in rows if e is None})
     if unknown:
-        console.print(f"  no measured step time for {', '.join(unknown)} (`ssl-bench bench` measures them)")
+        console.print(f"  no measured step time for {', '.join(unknown)} (`ssl-bench bench` measures them; 3D runs: "
+                      "`ssl-bench bench steps --patch x,y,z`)")
 
 
 def _print_comparison(req, uri: str, results_root: Path, fmt: str, output: Path | None) -> None:

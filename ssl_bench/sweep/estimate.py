@@ -7,23 +7,31 @@ kind of device wins; only when none did, one measured on another kind is used an
    (``ssl_bench.cost``: wall seconds per iteration, validation and checkpoints included), the
    median over runs of the same method, device, image size and batch;
 2. ``results/bench/*.csv`` written by the step benchmark: columns ``device, method, stage,
-   image_size, labeled_bs, unlabeled_bs, amp, channels_last, compile, median_step_s, ...``; a
+   image_size, [patch,] labeled_bs, unlabeled_bs, amp, channels_last, compile, median_step_s, ...``; a
    method's stages are weighted by their share of its iterations (a row of stage ``all`` is
    taken as it is); rows with the job's ``amp`` and without channels_last / compile preferred;
 3. ``results/bench/steps_*.json`` of ``ssl-bench bench steps``.
 
 A measurement at another image size or batch is scaled by the pixels per batch
 (image_size² x (labeled_bs + unlabeled_bs)), and the estimate says so.
+
+3D runs (a volumetric dataset: the run's ``image_size`` is its (z, y, x) patch) are estimated from
+3D measurements only (a CSV row with a ``patch``, x x y x z; a finished 3D run's cost), and 2D runs
+from 2D ones only; across patch sizes the scale is the voxels per batch, patch volume x
+(labeled_bs + unlabeled_bs). A CSV without the ``patch`` column holds 2D rows.
 """
 from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
+
+from ssl_bench.bench.steps import parse_patch
 
 CSV_COLUMNS = {"device", "method", "stage", "image_size", "labeled_bs", "unlabeled_bs", "median_step_s"}
 WHOLE_METHOD_STAGES = {"all", "total", ""}
@@ -45,14 +53,34 @@ class Measured:
     labeled_bs: int
     unlabeled_bs: int
     seconds: float
+    patch: tuple[int, ...] | None = None  # 3D: the patch (x, y, z); None: 2D slices of image_size
 
     @property
     def pixels(self) -> int:
-        return self.image_size ** 2 * (self.labeled_bs + self.unlabeled_bs)
+        """Pixels (2D) or voxels (3D) per batch."""
+        return batch_pixels(self.image_size, self.patch, self.labeled_bs, self.unlabeled_bs)
 
     @property
     def config(self) -> str:
-        return f"{self.image_size} px, {self.labeled_bs}+{self.unlabeled_bs} slices, {self.device}"
+        return f"{size_text(self.image_size, self.patch, self.labeled_bs, self.unlabeled_bs)}, {self.device}"
+
+
+def batch_pixels(image_size: int, patch, labeled_bs: int, unlabeled_bs: int) -> int:
+    """Pixels of a 2D batch or voxels of a 3D one."""
+    return (math.prod(patch) if patch else image_size ** 2) * (labeled_bs + unlabeled_bs)
+
+
+def size_text(image_size: int, patch, labeled_bs: int, unlabeled_bs: int) -> str:
+    """``24 px, 2+2 slices`` or ``patch 64x64x32, 2+2 patches``."""
+    if patch:
+        return f"patch {'x'.join(map(str, patch))}, {labeled_bs}+{unlabeled_bs} patches"
+    return f"{image_size} px, {labeled_bs}+{unlabeled_bs} slices"
+
+
+def run_patch(run) -> tuple[int, ...] | None:
+    """A 3D run's patch (x, y, z) (its ``image_size`` is the (z, y, x) patch); None for a 2D run."""
+    size = run.image_size
+    return tuple(int(v) for v in reversed(size)) if isinstance(size, (tuple, list)) else None
 
 
 def device_kind(device: str) -> str:
@@ -90,12 +118,15 @@ class StepTimes:
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 method = json.loads((run_dir / "tags.json").read_text())["method"]
                 c = metrics["cost"]
-                key = (method, c["device"], int(c["image_size"]), int(c["labeled_bs"]), int(c["unlabeled_bs"]))
+                size = c["image_size"]  # a 3D run's is its patch, (z, y, x)
+                patch = tuple(int(v) for v in reversed(size)) if isinstance(size, list) else None
+                key = (method, c["device"], 0 if patch else int(size), int(c["labeled_bs"]),
+                       int(c["unlabeled_bs"]), patch)
                 found.setdefault(key, []).append(float(c["seconds_per_iteration"]))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # unfinished, or finished before costs were recorded
-        return [(f"median of {len(v)} finished run(s) under {self.results_root}", Measured(*key, statistics.median(v)))
-                for key, v in found.items()]
+        return [(f"median of {len(v)} finished run(s) under {self.results_root}",
+                 Measured(*key[:5], statistics.median(v), key[5])) for key, v in found.items()]
 
     @cached_property
     def csv_rows(self) -> list[tuple[Path, dict]]:
@@ -131,18 +162,19 @@ class StepTimes:
                  and not _flag(r.get("channels_last")) and not _flag(r.get("compile"))]
         groups: dict[tuple, dict[str, float]] = {}
         for path, r in plain or rows:
-            key = (path, r["device"], int(float(r["image_size"])), int(float(r["labeled_bs"])),
-                   int(float(r["unlabeled_bs"])))
+            patch = parse_patch((r.get("patch") or "").strip())
+            key = (path, r["device"], 0 if patch else int(float(r["image_size"])), int(float(r["labeled_bs"])),
+                   int(float(r["unlabeled_bs"])), patch)
             groups.setdefault(key, {})[r["stage"].strip().lower()] = float(r["median_step_s"])
         out = []
-        for (path, device, size, lb, ulb), stages in groups.items():
+        for (path, device, size, lb, ulb, patch), stages in groups.items():
             whole = next((stages[s] for s in WHOLE_METHOD_STAGES if s in stages), None)
             if whole is None:
                 fractions = self.stage_fractions(run)
                 if not set(fractions) <= set(stages):
                     continue  # a stage of the method was not measured
                 whole = sum(f * stages[s] for s, f in fractions.items())
-            out.append((str(path), Measured(method, device, size, lb, ulb, whole)))
+            out.append((str(path), Measured(method, device, size, lb, ulb, whole, patch)))
         return out
 
     def stage_fractions(self, run) -> dict[str, float]:
@@ -155,6 +187,7 @@ class StepTimes:
             from ssl_bench.methods.base import MethodContext
 
             ctx = MethodContext(num_classes=run.dataset.num_classes, image_size=run.image_size,
+                                backbone=run.train_cfg.backbone,
                                 total_iterations=run.train_cfg.total_iterations,
                                 generator=torch.Generator().manual_seed(0))
             stages = run.method_cls(run.method_cfg, ctx).stages()
@@ -163,27 +196,30 @@ class StepTimes:
         return self._fractions[key]
 
     def estimate(self, run, device: str) -> Estimate | None:
-        """Seconds per iteration of a prepared run on ``device`` (``cpu`` or ``cuda``)."""
-        method = run.spec.method
+        """Seconds per iteration of a prepared run on ``device`` (``cpu`` or ``cuda``), from
+        measurements of its dimensionality only (2D slices or 3D patches)."""
+        method, is_3d = run.spec.method, run_patch(run) is not None
         sources = (lambda: self.from_runs, lambda: self.from_csv(run), lambda: self.from_steps_json)
         for same_kind in (True, False):
             for fetch in sources:
                 found = [(where, m) for where, m in fetch()
-                         if m.method == method and (device_kind(m.device) == device) == same_kind]
+                         if m.method == method and (m.patch is not None) == is_3d
+                         and (device_kind(m.device) == device) == same_kind]
                 if found:
                     return _scaled(found, run, same_kind)
         return None
 
 
 def _scaled(found: list[tuple[str, Measured]], run, same_kind: bool) -> Estimate:
-    """The measurement closest in pixels per batch, scaled to the run's."""
-    cfg = run.train_cfg
-    pixels = run.image_size ** 2 * (cfg.labeled_bs + cfg.unlabeled_bs)
+    """The measurement closest in pixels (voxels) per batch, scaled to the run's."""
+    cfg, patch = run.train_cfg, run_patch(run)
+    size = 0 if patch else run.image_size
+    pixels = batch_pixels(size, patch, cfg.labeled_bs, cfg.unlabeled_bs)
     where, best = min(found, key=lambda wm: abs(wm[1].pixels - pixels))
     text = f"{where} ({best.config})"
     scale = pixels / best.pixels
     if scale != 1:
-        text += f", scaled x{scale:.3g} to {run.image_size} px, {cfg.labeled_bs}+{cfg.unlabeled_bs} slices"
+        text += f", scaled x{scale:.3g} to {size_text(size, patch, cfg.labeled_bs, cfg.unlabeled_bs)}"
     if not same_kind:
         text += f"; measured on {best.device}, not on the sweep's kind of device"
     return Estimate(best.seconds * scale, text)

@@ -140,7 +140,7 @@ class Plan:
                 lines.append(f"  {', '.join(methods)}: {source}")
             if unknown:
                 lines.append(f"  no measured step time for {', '.join(sorted({p.method for p in unknown}))}: "
-                             "started first, not counted (`ssl-bench bench steps` measures them)")
+                             "started first, not counted (`ssl-bench bench steps` measures them; 3D runs: with `--patch x,y,z`)")
         return "\n".join(lines)
 
 
