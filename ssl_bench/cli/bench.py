@@ -99,7 +99,7 @@ def bench_steps(
         lb, ub = labeled_bs or 2, unlabeled_bs or 2
     _threads(threads)
     try:
-        rep = bench.run(method or None, bench.Setting(size, lb, ub, amp, channels_last, compile, device, shape),
+        rep = bench.run(method_names(method) or None, bench.Setting(size, lb, ub, amp, channels_last, compile, device, shape),
                         steps=steps, warmup=warmup, out_dir=out_dir, threads=threads, memory=memory,
                         progress=lambda r: console.print(f"{r['method']:>8} {r['stage']:>9}: "
                                                          f"{r['median_step_s']:.3f} s, {r['ratio_to_unet_l']:.2f} x UNet-L"))
@@ -107,6 +107,11 @@ def bench_steps(
         fail(str(exc))
     console.print(_steps_table(rep["rows"]))
     console.print(f"written to {rep['csv']} and {rep['md']}")
+
+
+def method_names(given: list[str]) -> list[str]:
+    """``--method`` given once per method or as a comma list (``--method abd,ad-mt``), as ``sweep``."""
+    return [m.strip() for item in given for m in item.split(",") if m.strip()]
 
 
 @bench_app.command("reference-mt")
