@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from .cases import CaseData, load_cases
+from .departures import departures_line
 from .model import Block, Stat, Table, as_run_line, empty_asd_line, footnote, measured_cell, published_cell
 from .runs import (LATER_LABEL, LATER_REFERENCE, PAPER, PUBLISHED_LABEL, REPORTED, class_order, column_values,
                    display_name, is_main_variant, method_order, read_reference, reference_name, setting_order)
@@ -58,8 +59,9 @@ def main_tables(runs: pd.DataFrame, checkpoint: str = REPORTED, with_published: 
                 table.notes.append(why[0].upper() + why[1:] + ".")
                 if warn is not None:
                     warn(f"{dataset}: {why}")
-        table.footnote = footnote(checkpoint, [empty_asd_line(d), *extra], ptag, per_method, stats_lines,
-                                  as_run_line(d))
+        departed = departures_line(d, results_root)
+        table.footnote = footnote(checkpoint, [empty_asd_line(d), *([departed] if departed else []), *extra],
+                                  ptag, per_method, stats_lines, as_run_line(d))
         tables.append(table)
     return tables
 
