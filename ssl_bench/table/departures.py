@@ -17,24 +17,14 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from ssl_bench.config import flatten
+
 #: keys that size a run to its machine, not change its recipe (the as-run line shows the budget)
 SIZING = frozenset({"iterations", "image_size", "labeled_bs", "unlabeled_bs", "patch_size", "val_every",
                     "checkpoint_every", "log_every", "amp", "amp_dtype", "device", "threads", "deterministic",
                     "eval_batch_size", "eval_workers", "lean", "sampling", "channels_last", "compile"})
 #: method keys the table already shows in the row's name (``ACTION (paper)``)
 SHOWN = frozenset({"variant"})
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"augment": {"mode": "x"}}`` -> ``{"augment.mode": "x"}``."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _same(a, b) -> bool:
