@@ -306,7 +306,7 @@ def test_card_sections_measure_steps_loop_and_compile_on_the_cpu(tmp_path, monke
     assert by["reference-mt bf16+cl"]["result"]["speedup"] > 0
     assert by["steps bf16+cl: mt"]["env"]["amp_dtype"] == "bfloat16" and by["steps fp32: mt"]["env"]["amp_dtype"] is None
     csv_rows = (tmp_path / "cpu.csv").read_text().splitlines()
-    assert len(csv_rows) == 1 + 3 * 2 and "cpu,action,iii,32,2,2,True,True,True," in "\n".join(csv_rows)
+    assert len(csv_rows) == 1 + 3 * 2 and "cpu,action,iii,32,,2,2,True,True,True," in "\n".join(csv_rows)
 
 
 def test_bench_steps_method_takes_a_comma_list_or_repeats():
