@@ -1,6 +1,7 @@
 """Cost per run: stage wall times across resumes, device-hours, memory peaks, in metrics.json
 and MLflow."""
 import json
+import mmap
 import time
 
 import pytest
@@ -118,9 +119,13 @@ def test_peaks_are_reset_when_a_run_starts_mocked_cuda(monkeypatch):
     cost.CostMeter(torch.device("cpu"))
     assert calls == [dev]  # no CUDA call for a CPU run
 
-    big = torch.ones(64 * 2**20 // 4)  # 64 MiB resident, then freed
-    big.add_(1)
+    # 64 MiB made resident, then unmapped: an anonymous map of its own, so that its pages go back to
+    # the OS on close whatever the allocator does with a freed tensor (CI once saw a freed 64 MiB
+    # tensor stay resident late in a long test process, and the peak could not fall)
+    big = mmap.mmap(-1, 64 * 2**20)
+    for offset in range(0, len(big), mmap.PAGESIZE):
+        big[offset] = 1
     high = cost.host_rss_mb()
-    del big
+    big.close()
     cost.reset_peaks(torch.device("cpu"))
     assert cost.host_rss_mb() < high - 32  # the high-water mark starts again from now
