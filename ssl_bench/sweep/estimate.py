@@ -77,10 +77,15 @@ def size_text(image_size: int, patch, labeled_bs: int, unlabeled_bs: int) -> str
     return f"{image_size} px, {labeled_bs}+{unlabeled_bs} slices"
 
 
+def patch_of(size) -> tuple[int, ...] | None:
+    """The patch (x, y, z) of a 3D run's size (its (z, y, x) patch, a list after JSON); None for a
+    2D run's int side."""
+    return tuple(int(v) for v in reversed(size)) if isinstance(size, (tuple, list)) else None
+
+
 def run_patch(run) -> tuple[int, ...] | None:
     """A 3D run's patch (x, y, z) (its ``image_size`` is the (z, y, x) patch); None for a 2D run."""
-    size = run.image_size
-    return tuple(int(v) for v in reversed(size)) if isinstance(size, (tuple, list)) else None
+    return patch_of(run.image_size)
 
 
 def device_kind(device: str) -> str:
@@ -119,7 +124,7 @@ class StepTimes:
                 method = json.loads((run_dir / "tags.json").read_text())["method"]
                 c = metrics["cost"]
                 size = c["image_size"]  # a 3D run's is its patch, (z, y, x)
-                patch = tuple(int(v) for v in reversed(size)) if isinstance(size, list) else None
+                patch = patch_of(size)
                 key = (method, c["device"], 0 if patch else int(size), int(c["labeled_bs"]),
                        int(c["unlabeled_bs"]), patch)
                 found.setdefault(key, []).append(float(c["seconds_per_iteration"]))
