@@ -27,7 +27,12 @@ differences of ``psi``) is a two-way crossed random-effects layout ``x = mu + a_
 + e``. The ANOVA (method of moments) estimates of the three components give
 ``Var(mean) = s2_run / K + s2_patient / P + s2_e / (K P)`` (Searle, Casella & McCulloch,
 *Variance Components*, 1992, ch. 4), with Satterthwaite's (1946) degrees of freedom; a
-component estimated below 0 is set to 0. Runs with different test sets (split seeds) form
+component estimated below 0 is set to 0, and the residual term is left out where its coefficient
+would be negative (conservative). Satterthwaite's df, computed from the estimated mean squares,
+are liberal where the run term carries the variance (they rise exactly when ``MS_run`` is low by
+chance), so where that term is at least ``RUN_SHARE_CAP`` (half) of the variance they are capped at
+the runs' ``K - 1``; where the patient term carries it they stand. ``ssl-bench bench stats``
+measures the result (``results/bench/stats.md``). Runs with different test sets (split seeds) form
 balanced blocks whose mean squares are pooled, the blocks taken as independent; the result is
 never below the between-run variance ``var(T_k) / K`` (df ``K - 1``), which is what the runs
 alone say. The interval is ``mean +- t_{df, 0.975} sqrt(Var)``; the test is the t-test of
@@ -56,6 +61,9 @@ ALPHA = 0.05
 LEVEL = 0.95
 #: paired runs (seed x split seed) a comparison needs before it is tested (and can be bold)
 MIN_RUNS = 3
+#: the df are capped at the runs' ``K - 1`` where the run (seed) term is at least this share of the
+#: variance (module docstring, "Variance"; the share was chosen by ``ssl-bench bench stats``)
+RUN_SHARE_CAP = 0.5
 
 
 # ----------------------------------------------------------------------------- cells
@@ -143,9 +151,10 @@ class Variance:
     seeds_estimated: bool  # the seed (run) component entered: at least two runs
 
 
-def crossed_variance(x: np.ndarray) -> Variance:
+def crossed_variance(x: np.ndarray, run_share_cap: float = RUN_SHARE_CAP) -> Variance:
     """Variance of ``mean over rows of each row's mean over its finite entries`` for a runs x
-    patients matrix ``x`` (NaN: patient not in that run's test set); see the module docstring."""
+    patients matrix ``x`` (NaN: patient not in that run's test set); see the module docstring.
+    ``run_share_cap`` 0 caps the df whenever the run term enters (the rule before 2026-12-03)."""
     x = np.asarray(x, dtype=float)
     rows = np.isfinite(x).any(axis=1)
     x = x[rows]
@@ -189,8 +198,8 @@ def crossed_variance(x: np.ndarray) -> Variance:
     var = sum(coef[k] * (ms[k] if dof[k] else 0.0) for k in coef)
     denom = sum((coef[k] * ms[k]) ** 2 / dof[k] for k in coef if dof[k] and coef[k])
     df = var * var / denom if denom > 0 else (math.inf if var == 0 and any(dof.values()) else math.nan)
-    if coef["run"] > 0:  # Satterthwaite's df is liberal when the run (seed) part dominates: not above the runs' df
-        df = min(df, float(dof["run"]))
+    if coef["run"] > 0 and coef["run"] * ms["run"] >= run_share_cap * var:
+        df = min(df, float(dof["run"]))  # the run (seed) part carries the variance: not above the runs' df
     seeds = n_runs >= 2
     if seeds:  # never below what the spread of the run means alone says
         means = np.array([np.nanmean(r) for r in x])
@@ -269,7 +278,8 @@ class Comparison:
                           self.n_patients, self.tested, self.why_not)
 
 
-def compare(method: Cell, reference: Cell, min_runs: int = MIN_RUNS) -> Comparison | None:
+def compare(method: Cell, reference: Cell, min_runs: int = MIN_RUNS,
+            run_share_cap: float = RUN_SHARE_CAP) -> Comparison | None:
     """Paired ``method - reference``; None when they share no run with a defined statistic."""
     ta, tb = run_values(method), run_values(reference)
     ia = {r: i for i, r in enumerate(method.runs) if math.isfinite(ta[i])}
@@ -288,7 +298,7 @@ def compare(method: Cell, reference: Cell, min_runs: int = MIN_RUNS) -> Comparis
                 diff[i, j] = pa[ia[r], col_a[p]] - pb[ib[r], col_b[p]]
     deltas = np.array([ta[ia[r]] - tb[ib[r]] for r in runs])
     mean = float(deltas.mean())
-    v = crossed_variance(diff)
+    v = crossed_variance(diff, run_share_cap)
     seen = np.isfinite(diff)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_patient = np.where(seen, diff, 0.0).sum(axis=0) / seen.sum(axis=0)

@@ -136,9 +136,10 @@ def test_confidence_intervals_in_cells_and_csv(store):
     # UNet-L ring: values BASE + 0.01 seed, seed means 69.0/70.0/71.0; the interval lies inside the case range
     ring = rows_of(md)["UNet-L"].split("|")[3]
     # hand: psi = BASE + 0.01 seed (additive, no error): MS_run = 10 * 2e-4 / 2 = 0.001, MS_patient =
-    # 3 * var(BASE) = 3 * 0.02^2 * 110 / 12 = 0.011, Var = 0.012 / 30 = 4e-4, df capped at 2 runs:
-    # 70.0 -+ 4.303 * 2.0 = [61.4, 78.6]
-    assert ring.strip().startswith("70.0±1.0 [61.4, 78.6] / 2.55±0.10 [") and "95 % confidence interval" in md
+    # 3 * var(BASE) = 3 * 0.02^2 * 110 / 12 = 0.011, Var = 0.012 / 30 = 4e-4; the run term is 1/12 of it,
+    # so Satterthwaite's df stand: 0.012^2 / (0.001^2 / 2 + 0.011^2 / 9) = 10.33, t = 2.221:
+    # 70.0 -+ 2.221 * 2.0 = [65.6, 74.4] (capped at the runs' 2 df it would be [61.4, 78.6])
+    assert ring.strip().startswith("70.0±1.0 [65.6, 74.4] / 2.55±0.10 [") and "95 % confidence interval" in md
     df = pd.read_csv(io.StringIO(tbl.render(tables, "csv")))
     r = df[(df["method"] == "unet-l") & (df["class"] == "ring")].iloc[0]
     assert 60.0 < r["dsc_ci_low_percent"] < 70.0 < r["dsc_ci_high_percent"] < 80.0

@@ -56,9 +56,9 @@ def cell(y: np.ndarray) -> stats.Cell:
                       y.sum(axis=2)[:, :, None], np.full((k, p, 1), float(v)), np.ones((k, p), dtype=bool))
 
 
-def new_bold(y: np.ndarray, min_runs: int = stats.MIN_RUNS) -> bool:
+def new_bold(y: np.ndarray, min_runs: int = stats.MIN_RUNS, run_share_cap: float = stats.RUN_SHARE_CAP) -> bool:
     """The table's rule: the better mean is bold where ``compare`` says so (either direction)."""
-    r = stats.compare(cell(y[0]), cell(y[1]), min_runs)
+    r = stats.compare(cell(y[0]), cell(y[1]), min_runs, run_share_cap)
     if r is None or not r.tested:
         return False
     return stats.bold(r, stats.holm([r.p])[0], r.mean > 0)
@@ -69,41 +69,58 @@ def legacy_bold(y: np.ndarray) -> bool:
     return stats.wilcoxon_p(d) < stats.ALPHA
 
 
+#: where the variance of a paired difference sits, as (seed_sd, inter_sd); the base setting's
+#: patient and volume sd are kept. ``--grid`` adds these lines to the one of the base setting.
+MIXES = {"seed-dominated": (6.0, 1.0), "patient-dominated": (1.0, 4.0), "no seed spread": (0.0, 4.0),
+         "both large": (5.0, 5.0)}
+
+
 def rates(setting: Setting = Setting(), shift: float = 0.0, replicates: int = 2000, seed: int = 0,
           legacy: bool = True) -> dict:
-    """Bold rate of the current procedure (and of the legacy one) over ``replicates`` tables."""
+    """Bold rate over ``replicates`` tables of the current procedure, of the same with the df
+    capped at the runs' whenever the seed term enters (``always_cap``: the rule before
+    2026-12-03) and of the legacy one."""
     rng = np.random.default_rng(seed)
-    new = old = 0
+    new = capped = old = 0
     for _ in range(replicates):
         y = draw(rng, setting, shift)
         new += new_bold(y)
+        capped += new_bold(y, run_share_cap=0.0)
         old += legacy and legacy_bold(y)
     out = {"shift": shift, "replicates": replicates, "seed": seed, "bold_rate": new / replicates,
-           **asdict(setting), "min_runs": stats.MIN_RUNS, "alpha": stats.ALPHA}
+           "always_cap_bold_rate": capped / replicates, **asdict(setting), "min_runs": stats.MIN_RUNS,
+           "alpha": stats.ALPHA, "run_share_cap": stats.RUN_SHARE_CAP}
     if legacy:
         out["legacy_bold_rate"] = old / replicates
     return out
 
 
 def report(out_dir=None, seeds: tuple[int, ...] = (3,), shift: float = 4.0, replicates: int = 2000,
-           base: Setting = Setting(), seed: int = 0, progress=None) -> dict:
-    """False-positive rate (shift 0) and power (``shift``) of the bold rule, and of the legacy
-    one, for each number of seeds; written to ``out_dir``/stats.json and stats.md when given."""
+           base: Setting = Setting(), seed: int = 0, progress=None, grid: bool = False) -> dict:
+    """False-positive rate (shift 0) and power (``shift``) of the bold rule, of the always-capped
+    one and of the legacy one, for each number of seeds (and each of ``MIXES`` with ``grid``);
+    written to ``out_dir``/stats.json and stats.md when given."""
     import json
     from dataclasses import replace
     from pathlib import Path
 
+    mixes = [("as set", base)] + ([(name, replace(base, seed_sd=a, inter_sd=b)) for name, (a, b) in MIXES.items()]
+                                  if grid else [])
     rows = []
-    for k in seeds:
-        s = replace(base, n_seeds=int(k))
-        null, alt = rates(s, 0.0, replicates, seed), rates(s, shift, replicates, seed + 1)
-        row = {"n_seeds": int(k), "false_positive_rate": null["bold_rate"], "power": alt["bold_rate"],
-               "legacy_false_positive_rate": null["legacy_bold_rate"], "legacy_power": alt["legacy_bold_rate"]}
-        rows.append(row)
-        if progress is not None:
-            progress(row)
+    for name, mix in mixes:
+        for k in seeds:
+            s = replace(mix, n_seeds=int(k))
+            null, alt = rates(s, 0.0, replicates, seed), rates(s, shift, replicates, seed + 1)
+            row = {"mix": name, "seed_sd": s.seed_sd, "inter_sd": s.inter_sd, "n_seeds": int(k),
+                   "false_positive_rate": null["bold_rate"], "power": alt["bold_rate"],
+                   "always_cap_false_positive_rate": null["always_cap_bold_rate"],
+                   "always_cap_power": alt["always_cap_bold_rate"],
+                   "legacy_false_positive_rate": null["legacy_bold_rate"], "legacy_power": alt["legacy_bold_rate"]}
+            rows.append(row)
+            if progress is not None:
+                progress(row)
     rep = {"setting": asdict(base), "shift_dice": shift, "replicates": replicates, "rng_seed": seed,
-           "alpha": stats.ALPHA, "min_runs": stats.MIN_RUNS, "rows": rows}
+           "alpha": stats.ALPHA, "min_runs": stats.MIN_RUNS, "run_share_cap": stats.RUN_SHARE_CAP, "rows": rows}
     if out_dir is not None:
         from ssl_bench.datasets.base import atomic_write_text
 
@@ -119,14 +136,18 @@ def markdown(rep: dict) -> str:
     lines = [
         "# Bold-mark error rate and power (`ssl-bench bench stats`)", "",
         f"Two methods compared as `ssl-bench table` compares a best row with its runner-up, {rep['replicates']} "
-        f"simulated tables per line (RNG seed {rep['rng_seed']}); {s['n_patients']} patients x {s['n_volumes']} "
-        f"volumes; sd in Dice points: seed (method x run) {s['seed_sd']}, patient (shared) {s['patient_sd']}, "
-        f"method x patient {s['inter_sd']}, volume {s['volume_sd']}; alpha {rep['alpha']}; a comparison needs "
-        f">= {rep['min_runs']} paired runs. False positives: identical methods; power: a true shift of "
-        f"{rep['shift_dice']} Dice. Legacy: Wilcoxon on per-volume differences averaged over seeds (before issue 17).",
-        "", "| seeds | false-positive rate | power | legacy false-positive rate | legacy power |",
-        "|---|---|---|---|---|"]
+        f"simulated tables per rate (RNG seed {rep['rng_seed']}); {s['n_patients']} patients x {s['n_volumes']} "
+        f"volumes; sd in Dice points: patient (shared) {s['patient_sd']}, volume {s['volume_sd']}, seed (method x "
+        f"run) and method x patient as each line says; alpha {rep['alpha']}; a comparison needs >= "
+        f"{rep['min_runs']} paired runs. False positives: identical methods; power: a true shift of "
+        f"{rep['shift_dice']} Dice. The rule: Satterthwaite's df, capped at the runs' K - 1 where the seed term is "
+        f">= {rep['run_share_cap']} of the variance. 'Always capped': the cap wherever the seed term enters (the "
+        "rule before 2026-12-03). Legacy: Wilcoxon on per-volume differences averaged over seeds (before issue 17).",
+        "", "| variance mix (seed sd, method x patient sd) | seeds | false-positive rate | power | always capped: "
+        "false-positive rate | always capped: power | legacy false-positive rate | legacy power |",
+        "|---|---|---|---|---|---|---|---|"]
     for r in rep["rows"]:
-        lines.append(f"| {r['n_seeds']} | {r['false_positive_rate']:.3f} | {r['power']:.3f} | "
-                     f"{r['legacy_false_positive_rate']:.3f} | {r['legacy_power']:.3f} |")
+        lines.append(f"| {r['mix']} ({r['seed_sd']:g}, {r['inter_sd']:g}) | {r['n_seeds']} | "
+                     f"{r['false_positive_rate']:.3f} | {r['power']:.3f} | {r['always_cap_false_positive_rate']:.3f} | "
+                     f"{r['always_cap_power']:.3f} | {r['legacy_false_positive_rate']:.3f} | {r['legacy_power']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -256,6 +256,8 @@ def bench_stats(
     inter_sd: float = typer.Option(3.0, "--inter-sd", help="sd of method x patient"),
     volume_sd: float = typer.Option(3.0, "--volume-sd", help="sd of a volume's residual"),
     out_dir: Path = typer.Option(Path("results/bench"), "--out-dir", help="where stats.json/.md go"),
+    grid: bool = typer.Option(False, "--grid", help="also four other mixes of seed and method x patient sd "
+                              "(seed-dominated, patient-dominated, no seed spread, both large)"),
 ) -> None:
     """False-positive rate and power of the tables' bold mark, by simulation."""
     from ssl_bench.bench import stats as bench
@@ -267,9 +269,9 @@ def bench_stats(
     if not counts or min(counts) < 1:
         fail(f"--seeds {seeds!r}: give at least one number of seeds, each >= 1")
     setting = bench.Setting(patients, volumes, counts[0], seed_sd, patient_sd, inter_sd, volume_sd)
-    rep = bench.report(out_dir, counts, shift, replicates, setting,
+    rep = bench.report(out_dir, counts, shift, replicates, setting, grid=grid,
                        progress=lambda r: console.print(
-                           f"{r['n_seeds']} seed(s): false-positive rate {r['false_positive_rate']:.3f}, power at "
+                           f"{r['mix']}, {r['n_seeds']} seed(s): false-positive rate {r['false_positive_rate']:.3f}, power at "
                            f"{shift:g} Dice {r['power']:.3f} (legacy: {r['legacy_false_positive_rate']:.3f}, "
                            f"{r['legacy_power']:.3f})"))
     console.print(f"written to {out_dir}/stats.md ({len(rep['rows'])} line(s))")
