@@ -147,6 +147,44 @@ def test_estimates_prefer_finished_runs_then_the_bench_csv_then_steps_json_and_s
     assert est.seconds_per_iteration == 2.0 and "measured on cpu, not on the sweep's kind of device" in est.source
 
 
+def test_benchmark_estimates_are_scaled_by_how_much_slower_the_finished_runs_went(tmp_path):
+    """The step benchmark leaves out validation, checkpoints, data and the machine's other load;
+    finished runs measured all of it. A method with no finished run of its own is estimated from
+    the CSV times the median ratio measured / benchmarked over the finished runs' methods."""
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    header = "device,method,stage,image_size,labeled_bs,unlabeled_bs,amp,channels_last,compile,median_step_s\n"
+    rows = ["cpu,unet-l,train,24,2,2,false,false,false,0.5", "cpu,mt,train,24,2,2,false,false,false,1.0",
+            "cpu,uamt,train,24,2,2,false,false,false,2.0", "cpu,gcl,global,24,2,2,false,false,false,1.0",
+            "cpu,gcl,local,24,2,2,false,false,false,1.0", "cpu,gcl,finetune,24,2,2,false,false,false,1.0",
+            "NVIDIA H200,uamt,train,24,2,2,false,false,false,0.1"]
+    (bench / "steps.csv").write_text(header + "\n".join(rows) + "\n")
+
+    def finished(name, method, size, seconds, device="cpu"):
+        d = tmp_path / "results" / name
+        d.mkdir(parents=True)
+        (d / "tags.json").write_text(json.dumps({"method": method}))
+        (d / "metrics.json").write_text(json.dumps({"status": "finished", "cost": {
+            "device": device, "image_size": size, "labeled_bs": 2, "unlabeled_bs": 2, "seconds_per_iteration": seconds}}))
+
+    run = _resolved(tmp_path, "uamt", size=24)
+    assert StepTimes(tmp_path / "results", [bench]).estimate(run, "cpu").seconds_per_iteration == pytest.approx(2.0)
+    finished("a", "unet-l", 24, 1.5)  # 3 x its benchmarked 0.5
+    finished("b", "mt", 48, 8.0)  # 4 x the pixels: benchmarked 4.0, so 2 x
+    finished("c", "gcl", 24, 30.0)  # three stages in the CSV: takes no part
+    finished("d", "mt", 24, 50.0, device="cuda:0 (NVIDIA H200)")  # another kind of device: no part on cpu
+    times = StepTimes(tmp_path / "results", [bench])
+    assert times.calibration(run, "cpu") == (pytest.approx(2.5), ["mt", "unet-l"])
+    est = times.estimate(run, "cpu")
+    assert est.seconds_per_iteration == pytest.approx(2.0 * 2.5)
+    assert "x2.50: the finished runs under" in est.source and "(mt, unet-l) took 2.50 x their benchmarked step" in est.source
+    # a method with a finished run of its own is estimated from it, unscaled
+    assert times.estimate(_resolved(tmp_path, "mt", size=48), "cpu").seconds_per_iteration == pytest.approx(8.0)
+    # on a GPU: mt's GPU run has no GPU benchmark row to compare with, so uamt's GPU row stands as measured
+    gpu = times.estimate(run, "cuda")
+    assert gpu.seconds_per_iteration == pytest.approx(0.1) and "took" not in gpu.source
+
+
 # -- local slots -----------------------------------------------------------------------------------
 def test_slots(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

@@ -12,6 +12,10 @@ kind of device wins; only when none did, one measured on another kind is used an
    taken as it is); rows with the job's ``amp`` and without channels_last / compile preferred;
 3. ``results/bench/steps_*.json`` of ``ssl-bench bench steps``.
 
+A CSV figure on the sweep's kind of device is multiplied by ``StepTimes.calibration``: how much
+slower the finished runs under the results root went than the CSV says for their own methods
+(the step benchmark leaves out validation, checkpoints, data and the machine's other load).
+
 A measurement at another image size or batch is scaled by the pixels per batch
 (image_size² x (labeled_bs + unlabeled_bs)), and the estimate says so.
 
@@ -200,18 +204,63 @@ class StepTimes:
             self._fractions[key] = {s.name.lower(): n / sum(its) for s, n in zip(stages, its)}
         return self._fractions[key]
 
+    def calibration(self, run, device: str) -> tuple[float, list[str]] | None:
+        """How much slower the finished runs under the results root went than the step benchmark
+        says: the median over their (method, batch) groups, on ``device``'s kind and the run's
+        dimensionality, of measured seconds per iteration / the benchmarked step scaled to their
+        batch. Their cost holds validation, checkpoints, data and the machine's other load, which
+        the benchmark leaves out. Only methods the CSV measured in one stage take part (a
+        multi-stage method's weights would need the method built); None where none finished."""
+        is_3d, amp = run_patch(run) is not None, bool(run.train_cfg.amp)
+        ratios, methods = [], []
+        for _, done in self.from_runs:
+            if (done.patch is not None) != is_3d or device_kind(done.device) != device:
+                continue
+            rows = [(p, r) for p, r in self.csv_rows if r["method"] == done.method
+                    and device_kind(r["device"]) == device and _flag(r.get("amp")) == amp
+                    and not _flag(r.get("channels_last")) and not _flag(r.get("compile"))]
+            groups: dict[tuple, list[float]] = {}
+            for path, r in rows:
+                patch = parse_patch((r.get("patch") or "").strip())
+                if (patch is not None) != is_3d:
+                    continue
+                key = (path, 0 if patch else int(float(r["image_size"])), int(float(r["labeled_bs"])),
+                       int(float(r["unlabeled_bs"])), patch)
+                groups.setdefault(key, []).append(float(r["median_step_s"]))
+            bench = [Measured(done.method, device, size, lb, ulb, steps[0], patch)
+                     for (_, size, lb, ulb, patch), steps in groups.items() if len(steps) == 1]
+            if not bench:
+                continue
+            near = min(bench, key=lambda m: abs(m.pixels - done.pixels))
+            ratios.append(done.seconds / (near.seconds * done.pixels / near.pixels))
+            methods.append(done.method)
+        if not ratios:
+            return None
+        return statistics.median(ratios), sorted(set(methods))
+
     def estimate(self, run, device: str) -> Estimate | None:
         """Seconds per iteration of a prepared run on ``device`` (``cpu`` or ``cuda``), from
-        measurements of its dimensionality only (2D slices or 3D patches)."""
+        measurements of its dimensionality only (2D slices or 3D patches). A benchmark-based
+        estimate on the sweep's kind of device is multiplied by ``calibration`` where it exists."""
         method, is_3d = run.spec.method, run_patch(run) is not None
-        sources = (lambda: self.from_runs, lambda: self.from_csv(run), lambda: self.from_steps_json)
+        sources = (("runs", lambda: self.from_runs), ("csv", lambda: self.from_csv(run)),
+                   ("steps", lambda: self.from_steps_json))
         for same_kind in (True, False):
-            for fetch in sources:
+            for name, fetch in sources:
                 found = [(where, m) for where, m in fetch()
                          if m.method == method and (m.patch is not None) == is_3d
                          and (device_kind(m.device) == device) == same_kind]
-                if found:
-                    return _scaled(found, run, same_kind)
+                if not found:
+                    continue
+                est = _scaled(found, run, same_kind)
+                cal = self.calibration(run, device) if name == "csv" and same_kind else None
+                if cal is not None:
+                    ratio, methods = cal
+                    est = Estimate(est.seconds_per_iteration * ratio,
+                                   f"{est.source}; x{ratio:.2f}: the finished runs under {self.results_root} "
+                                   f"({', '.join(methods)}) took {ratio:.2f} x their benchmarked step (median; "
+                                   "validation, checkpoints, data, machine load)")
+                return est
         return None
 
 
