@@ -163,9 +163,10 @@ class StepTimes:
                     continue
         return out
 
-    def from_csv(self, run) -> list[tuple[str, Measured]]:
-        """The CSV rows of the run's method as whole-method measurements (stages weighted)."""
-        method, amp = run.spec.method, bool(run.train_cfg.amp)
+    def csv_groups(self, method: str, amp: bool) -> dict[tuple, dict[str, float]]:
+        """The CSV rows of ``method`` by (file, device, image size, labeled, unlabeled, patch), each
+        stage's median step seconds; rows with ``amp`` as given and without channels_last or
+        compile preferred (they describe a plain run)."""
         rows = [(p, r) for p, r in self.csv_rows if r["method"] == method]
         plain = [(p, r) for p, r in rows if _flag(r.get("amp")) == amp
                  and not _flag(r.get("channels_last")) and not _flag(r.get("compile"))]
@@ -175,8 +176,13 @@ class StepTimes:
             key = (path, r["device"], 0 if patch else int(float(r["image_size"])), int(float(r["labeled_bs"])),
                    int(float(r["unlabeled_bs"])), patch)
             groups.setdefault(key, {})[r["stage"].strip().lower()] = float(r["median_step_s"])
+        return groups
+
+    def from_csv(self, run) -> list[tuple[str, Measured]]:
+        """The CSV rows of the run's method as whole-method measurements (stages weighted)."""
+        method = run.spec.method
         out = []
-        for (path, device, size, lb, ulb, patch), stages in groups.items():
+        for (path, device, size, lb, ulb, patch), stages in self.csv_groups(method, bool(run.train_cfg.amp)).items():
             whole = next((stages[s] for s in WHOLE_METHOD_STAGES if s in stages), None)
             if whole is None:
                 fractions = self.stage_fractions(run)
@@ -216,19 +222,9 @@ class StepTimes:
         for _, done in self.from_runs:
             if (done.patch is not None) != is_3d or device_kind(done.device) != device:
                 continue
-            rows = [(p, r) for p, r in self.csv_rows if r["method"] == done.method
-                    and device_kind(r["device"]) == device and _flag(r.get("amp")) == amp
-                    and not _flag(r.get("channels_last")) and not _flag(r.get("compile"))]
-            groups: dict[tuple, list[float]] = {}
-            for path, r in rows:
-                patch = parse_patch((r.get("patch") or "").strip())
-                if (patch is not None) != is_3d:
-                    continue
-                key = (path, 0 if patch else int(float(r["image_size"])), int(float(r["labeled_bs"])),
-                       int(float(r["unlabeled_bs"])), patch)
-                groups.setdefault(key, []).append(float(r["median_step_s"]))
-            bench = [Measured(done.method, device, size, lb, ulb, steps[0], patch)
-                     for (_, size, lb, ulb, patch), steps in groups.items() if len(steps) == 1]
+            bench = [Measured(done.method, dev, size, lb, ulb, *stages.values(), patch)
+                     for (_, dev, size, lb, ulb, patch), stages in self.csv_groups(done.method, amp).items()
+                     if len(stages) == 1 and device_kind(dev) == device and (patch is not None) == is_3d]
             if not bench:
                 continue
             near = min(bench, key=lambda m: abs(m.pixels - done.pixels))
