@@ -116,6 +116,7 @@ class StepTimes:
         self.results_root = Path(results_root)
         self.bench_dirs = [Path(d) for d in bench_dirs]
         self._fractions: dict[tuple, dict[str, float]] = {}
+        self._calibrations: dict[tuple, tuple[float, list[str]] | None] = {}
 
     @cached_property
     def from_runs(self) -> list[tuple[str, Measured]]:
@@ -216,8 +217,15 @@ class StepTimes:
         dimensionality, of measured seconds per iteration / the benchmarked step scaled to their
         batch. Their cost holds validation, checkpoints, data and the machine's other load, which
         the benchmark leaves out. Only methods the CSV measured in one stage take part (a
-        multi-stage method's weights would need the method built); None where none finished."""
+        multi-stage method's weights would need the method built); None where none finished.
+        Worked out once per (device, dimensionality, amp): a sweep asks it for every job."""
         is_3d, amp = run_patch(run) is not None, bool(run.train_cfg.amp)
+        key = (device, is_3d, amp)
+        if key not in self._calibrations:
+            self._calibrations[key] = self._calibration(device, is_3d, amp)
+        return self._calibrations[key]
+
+    def _calibration(self, device: str, is_3d: bool, amp: bool) -> tuple[float, list[str]] | None:
         ratios, methods = [], []
         for _, done in self.from_runs:
             if (done.patch is not None) != is_3d or device_kind(done.device) != device:
