@@ -120,5 +120,23 @@ def get_method_class(name: str):
     return METHODS.get(name).obj
 
 
+def is_supervised_only(method: str) -> bool:
+    """Whether ``method`` uses no unlabeled data (UNet-L); False for a plugin not installed here."""
+    try:
+        return bool(getattr(get_method_class(method), "supervised_only", False))
+    except Exception:  # a plugin not installed here
+        return False
+
+
+def step_images(method: str, labeled_bs: int, unlabeled_bs: int, whole_batch: bool = False) -> tuple[int, int]:
+    """The (labeled, unlabeled) images a training step of ``method`` puts through its networks: a
+    supervised-only method (UNet-L) sees its labeled images only, or the whole batch labeled where
+    ``supervised_whole_batch`` is set (``engine.fit``); every other method sees both. A method not
+    installed here counts as one that sees both."""
+    if not is_supervised_only(method):
+        return labeled_bs, unlabeled_bs
+    return (labeled_bs + unlabeled_bs if whole_batch else labeled_bs), 0
+
+
 def get_dataset_class(name: str):
     return DATASETS.get(name).obj

@@ -81,7 +81,9 @@ def test_plan_orders_longest_first_and_skips_finished_runs(tmp_path):
     text = again.describe()
     assert "6 job(s): 1 already finished (skipped), 5 to run" in text
     # the finished run measured its own cost: the remaining mt job is now estimated from it
-    assert f"  cct, unet-l: {bench / 'steps_cpu_24px.json'}" in text
+    # (unet-l's benchmarked step saw its 2 labeled slices only: a source line of its own)
+    assert f"  cct: {bench / 'steps_cpu_24px.json'} (24 px, 2+2 slices, cpu)" in text
+    assert f"  unet-l: {bench / 'steps_cpu_24px.json'} (24 px, 2 labeled slices, cpu)" in text
     assert f"  mt: median of 1 finished run(s) under {root}" in text
 
 
@@ -183,6 +185,38 @@ def test_benchmark_estimates_are_scaled_by_how_much_slower_the_finished_runs_wen
     # on a GPU: mt's GPU run has no GPU benchmark row to compare with, so uamt's GPU row stands as measured
     gpu = times.estimate(run, "cuda")
     assert gpu.seconds_per_iteration == pytest.approx(0.1) and "took" not in gpu.source
+
+
+def test_a_supervised_only_step_counts_the_images_it_saw(tmp_path):
+    """The step benchmark's UNet-L row sees its labeled images only; a protocol's UNet-L run with
+    ``supervised_whole_batch`` fills the whole batch with labeled ones. The estimate and the
+    calibration count each as it ran: 2 images benchmarked, 4 trained on (not 4 against 4)."""
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    header = "device,method,stage,image_size,labeled_bs,unlabeled_bs,amp,channels_last,compile,median_step_s\n"
+    rows = ["cpu,unet-l,train,24,2,2,false,false,false,0.5", "cpu,uamt,train,24,2,2,false,false,false,2.0"]
+    (bench / "steps.csv").write_text(header + "\n".join(rows) + "\n")
+    times = StepTimes(tmp_path / "results", [bench])
+    plain = _resolved(tmp_path, "unet-l", size=24)
+    assert times.estimate(plain, "cpu").seconds_per_iteration == pytest.approx(0.5)
+    whole = _resolved(tmp_path, "unet-l", size=24)
+    whole.train_cfg.supervised_whole_batch = True
+    est = times.estimate(whole, "cpu")
+    assert est.seconds_per_iteration == pytest.approx(1.0)  # 4 labeled images against the row's 2
+    assert "(24 px, 2 labeled slices, cpu), scaled x2 to 24 px, 4 labeled slices" in est.source
+
+    d = tmp_path / "results" / "a"
+    d.mkdir(parents=True)
+    (d / "tags.json").write_text(json.dumps({"method": "unet-l"}))
+    (d / "config.json").write_text(json.dumps({"train": {"supervised_whole_batch": True}}))
+    (d / "metrics.json").write_text(json.dumps({"status": "finished", "cost": {
+        "device": "cpu", "image_size": 24, "labeled_bs": 2, "unlabeled_bs": 2, "seconds_per_iteration": 1.5}}))
+    times = StepTimes(tmp_path / "results", [bench])
+    # 1.5 s for 4 images against a benchmarked 0.5 s for 2: 1.5 x, not 3 x
+    assert times.calibration(_resolved(tmp_path, "uamt"), "cpu") == (pytest.approx(1.5), ["unet-l"])
+    assert times.estimate(_resolved(tmp_path, "uamt"), "cpu").seconds_per_iteration == pytest.approx(3.0)
+    # its own finished run is read as 4 labeled images: a plain UNet-L job (2 images) takes half
+    assert times.estimate(plain, "cpu").seconds_per_iteration == pytest.approx(0.75)
 
 
 # -- local slots -----------------------------------------------------------------------------------
@@ -385,7 +419,8 @@ def test_sweep_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
     assert res.exit_code == 0, res.output
     assert "4 job(s): 0 already finished (skipped), 4 to run" in res.output
     # estimated from the checkout's step benchmark (results/bench/), scaled to 24 px
-    assert "mt, unet-l: " in res.output and "results/bench/" in res.output and "scaled x" in res.output
+    assert "  mt: " in res.output and "results/bench/" in res.output and "scaled x" in res.output
+    assert "  unet-l: " in res.output and "labeled slices" in res.output
     assert not (tmp_path / "results" / "sweeps").exists()
 
 

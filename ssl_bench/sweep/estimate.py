@@ -17,7 +17,11 @@ slower the finished runs under the results root went than the CSV says for their
 (the step benchmark leaves out validation, checkpoints, data and the machine's other load).
 
 A measurement at another image size or batch is scaled by the pixels per batch
-(image_size² x (labeled_bs + unlabeled_bs)), and the estimate says so.
+(image_size² x the images a step puts through the networks), and the estimate says so. The images
+are ``registry.step_images``: labeled + unlabeled, but a supervised-only method (UNet-L) sees its
+labeled ones only, or the whole batch labeled under ``supervised_whole_batch`` (the protocols'
+UNet-L/F). The step benchmark's UNet-L row sees ``labeled_bs`` images; a ``field`` UNet-L run,
+``labeled_bs + unlabeled_bs``: the estimate (and the calibration) count each as it ran.
 
 3D runs (a volumetric dataset: the run's ``image_size`` is its (z, y, x) patch) are estimated from
 3D measurements only (a CSV row with a ``patch``, x x y x z; a finished 3D run's cost), and 2D runs
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ssl_bench.bench.steps import parse_patch
+from ssl_bench.registry import step_images
 
 CSV_COLUMNS = {"device", "method", "stage", "image_size", "labeled_bs", "unlabeled_bs", "median_step_s"}
 WHOLE_METHOD_STAGES = {"all", "total", ""}
@@ -54,7 +59,7 @@ class Measured:
     method: str
     device: str
     image_size: int
-    labeled_bs: int
+    labeled_bs: int  # the images a step put through the networks (``registry.step_images``)
     unlabeled_bs: int
     seconds: float
     patch: tuple[int, ...] | None = None  # 3D: the patch (x, y, z); None: 2D slices of image_size
@@ -75,10 +80,12 @@ def batch_pixels(image_size: int, patch, labeled_bs: int, unlabeled_bs: int) -> 
 
 
 def size_text(image_size: int, patch, labeled_bs: int, unlabeled_bs: int) -> str:
-    """``24 px, 2+2 slices`` or ``patch 64x64x32, 2+2 patches``."""
+    """``24 px, 2+2 slices`` or ``patch 64x64x32, 2+2 patches`` (``4 labeled patches`` where no
+    unlabeled image is seen)."""
+    batch = f"{labeled_bs}+{unlabeled_bs}" if unlabeled_bs else f"{labeled_bs} labeled"
     if patch:
-        return f"patch {'x'.join(map(str, patch))}, {labeled_bs}+{unlabeled_bs} patches"
-    return f"{image_size} px, {labeled_bs}+{unlabeled_bs} slices"
+        return f"patch {'x'.join(map(str, patch))}, {batch} patches"
+    return f"{image_size} px, {batch} slices"
 
 
 def patch_of(size) -> tuple[int, ...] | None:
@@ -127,11 +134,14 @@ class StepTimes:
             try:
                 metrics = json.loads((run_dir / "metrics.json").read_text())
                 method = json.loads((run_dir / "tags.json").read_text())["method"]
+                config = run_dir / "config.json"
+                train = json.loads(config.read_text()).get("train", {}) if config.exists() else {}
                 c = metrics["cost"]
                 size = c["image_size"]  # a 3D run's is its patch, (z, y, x)
                 patch = patch_of(size)
-                key = (method, c["device"], 0 if patch else int(size), int(c["labeled_bs"]),
-                       int(c["unlabeled_bs"]), patch)
+                seen = step_images(method, int(c["labeled_bs"]), int(c["unlabeled_bs"]),
+                                   bool(train.get("supervised_whole_batch", False)))
+                key = (method, c["device"], 0 if patch else int(size), *seen, patch)
                 found.setdefault(key, []).append(float(c["seconds_per_iteration"]))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # unfinished, or finished before costs were recorded
@@ -158,7 +168,8 @@ class StepTimes:
                 try:
                     report = json.loads(path.read_text())
                     out += [(str(path), Measured(m["method"], report["device"], int(report["image_size"]),
-                                                 int(report["labeled_bs"]), int(report["unlabeled_bs"]),
+                                                 *step_images(m["method"], int(report["labeled_bs"]),
+                                                              int(report["unlabeled_bs"])),
                                                  float(m["seconds_per_step"]))) for m in report["methods"]]
                 except (OSError, ValueError, KeyError, TypeError):
                     continue
@@ -167,15 +178,16 @@ class StepTimes:
     def csv_groups(self, method: str, amp: bool) -> dict[tuple, dict[str, float]]:
         """The CSV rows of ``method`` by (file, device, image size, labeled, unlabeled, patch), each
         stage's median step seconds; rows with ``amp`` as given and without channels_last or
-        compile preferred (they describe a plain run)."""
+        compile preferred (they describe a plain run). Labeled and unlabeled are the images the
+        benchmarked step saw (``registry.step_images``; the benchmark never fills UNet-L's batch)."""
         rows = [(p, r) for p, r in self.csv_rows if r["method"] == method]
         plain = [(p, r) for p, r in rows if _flag(r.get("amp")) == amp
                  and not _flag(r.get("channels_last")) and not _flag(r.get("compile"))]
         groups: dict[tuple, dict[str, float]] = {}
         for path, r in plain or rows:
             patch = parse_patch((r.get("patch") or "").strip())
-            key = (path, r["device"], 0 if patch else int(float(r["image_size"])), int(float(r["labeled_bs"])),
-                   int(float(r["unlabeled_bs"])), patch)
+            seen = step_images(method, int(float(r["labeled_bs"])), int(float(r["unlabeled_bs"])))
+            key = (path, r["device"], 0 if patch else int(float(r["image_size"])), *seen, patch)
             groups.setdefault(key, {})[r["stage"].strip().lower()] = float(r["median_step_s"])
         return groups
 
@@ -272,12 +284,13 @@ def _scaled(found: list[tuple[str, Measured]], run, same_kind: bool) -> Estimate
     """The measurement closest in pixels (voxels) per batch, scaled to the run's."""
     cfg, patch = run.train_cfg, run_patch(run)
     size = 0 if patch else run.image_size
-    pixels = batch_pixels(size, patch, cfg.labeled_bs, cfg.unlabeled_bs)
+    seen = step_images(run.spec.method, cfg.labeled_bs, cfg.unlabeled_bs, cfg.supervised_whole_batch)
+    pixels = batch_pixels(size, patch, *seen)
     where, best = min(found, key=lambda wm: abs(wm[1].pixels - pixels))
     text = f"{where} ({best.config})"
     scale = pixels / best.pixels
     if scale != 1:
-        text += f", scaled x{scale:.3g} to {size_text(size, patch, cfg.labeled_bs, cfg.unlabeled_bs)}"
+        text += f", scaled x{scale:.3g} to {size_text(size, patch, *seen)}"
     if not same_kind:
         text += f"; measured on {best.device}, not on the sweep's kind of device"
     return Estimate(best.seconds * scale, text)

@@ -98,7 +98,7 @@ def as_run_line(runs) -> str | None:
     """What the runs of a table trained with: total gradient steps, the slices per step and the
     image size of each method, from their logged params (None where runs lack them). The protocol
     line states the paper-scale recipe; runs at a CPU preset or a ``--iterations`` budget differ."""
-    from ssl_bench.registry import get_method_class
+    from ssl_bench.registry import is_supervised_only, step_images
 
     from .runs import base_method, display_name, method_order
 
@@ -107,17 +107,16 @@ def as_run_line(runs) -> str | None:
         return None
     per_method, sizes = {}, set()
     for method, r in runs.groupby("method"):
-        try:
-            supervised_only = bool(getattr(get_method_class(base_method(method)), "supervised_only", False))
-        except Exception:  # a plugin not installed here
-            supervised_only = False
         seen = []
         for _, row in r.iterrows():
             scale = float(row.get("as_run.budget_scale") or 1.0)
             steps = round(int(row["as_run.iterations"]) * scale)
             lab, unl = int(row["as_run.labeled_bs"]), int(row["as_run.unlabeled_bs"])
             whole = str(row.get("as_run.supervised_whole_batch", "")).lower() == "true"
-            batch = f"{lab + unl if whole else lab} labeled" if supervised_only else f"({lab} + {unl})"
+            if is_supervised_only(base_method(method)):
+                batch = f"{step_images(base_method(method), lab, unl, whole)[0]} labeled"
+            else:
+                batch = f"({lab} + {unl})"
             text = f"{steps} x {batch}"
             if text not in seen:
                 seen.append(text)
