@@ -46,6 +46,14 @@ def test_curves_ratio_seeds(runs, tmp_path):
     assert figures.curves(r, tmp_path, root).size_px == (2 * 640, 440)  # one panel per setting
 
 
+def test_figures_name_the_supervised_rows_as_their_tables_do_on_a_3d_dataset(runs, tmp_path):
+    """On a 3D dataset the tables read V-Net-L / V-Net-F; so do the figures' ticks and legends."""
+    root, _, r = runs
+    r3 = r.assign(dataset="la-small")
+    for result in (figures.curves(r3, tmp_path, root), figures.ratio(r3, tmp_path), figures.seeds(r3, tmp_path)):
+        assert result.labels == ["V-Net-L", "MT"], result.kind
+
+
 def test_qualitative_has_every_class_colour_and_the_methods(runs, tmp_path):
     root, _, r = runs
     result = figures.qualitative(r, tmp_path / "data", tmp_path, results_root=root)

@@ -107,6 +107,14 @@ def shown_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs.apply(is_main_variant, axis=1)] if len(runs) else runs
 
 
+def namer(runs: pd.DataFrame):
+    """``display_name`` on the runs' dataset (V-Net-L / V-Net-F on a 3D one); the plain names where
+    the runs hold several datasets or none."""
+    datasets = runs["dataset"].unique() if "dataset" in runs and len(runs) else []
+    dataset = str(datasets[0]) if len(datasets) == 1 else None
+    return lambda method: display_name(method, dataset)
+
+
 def methods_in(runs: pd.DataFrame) -> list[str]:
     return sorted(runs["method"].unique(), key=lambda m: method_order(display_name(m)))
 

@@ -13,10 +13,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ssl_bench.table.cases import run_dirs
-from ssl_bench.table.runs import display_name, setting_order
+from ssl_bench.table.runs import setting_order
 from ssl_bench.tracking import read_log
 
-from .common import FigureResult, legend_below, method_colors, methods_in, save, shown_runs
+from .common import FigureResult, legend_below, method_colors, methods_in, namer, save, shown_runs
 
 METRIC = "val/dice/mean"
 
@@ -34,6 +34,7 @@ def validation_curve(run_dir: Path | None) -> pd.Series:
 def curves(runs: pd.DataFrame, out_dir: Path, results_root: Path | None = None,
            name: str = "curves") -> FigureResult:
     runs = shown_runs(runs)
+    label_of = namer(runs)
     dirs = run_dirs(runs, results_root)
     settings = sorted(runs["setting"].unique(), key=setting_order)
     fig, axes = plt.subplots(1, len(settings), figsize=(6.4 * len(settings), 4.4), squeeze=False, sharey=True)
@@ -45,16 +46,16 @@ def curves(runs: pd.DataFrame, out_dir: Path, results_root: Path | None = None,
             series = [validation_curve(dirs[r]) for r in here.loc[here["method"] == m, "run_id"]]
             series = [s for s in series if len(s)]
             if not series:
-                notes.append(f"{display_name(m)}, {setting}: no {METRIC} in log.jsonl")
+                notes.append(f"{label_of(m)}, {setting}: no {METRIC} in log.jsonl")
                 continue
             table = pd.concat(series, axis=1)  # steps x runs
             mean, std = table.mean(axis=1), table.std(axis=1)
             color = colors[m]
-            ax.plot(mean.index, mean.values, color=color, lw=1.8, label=display_name(m))
+            ax.plot(mean.index, mean.values, color=color, lw=1.8, label=label_of(m))
             if table.shape[1] > 1:
                 ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=color, alpha=0.2, lw=0)
-            if display_name(m) not in labels:
-                labels.append(display_name(m))
+            if label_of(m) not in labels:
+                labels.append(label_of(m))
         ax.set_title(setting)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)

@@ -13,13 +13,14 @@ import pandas as pd
 
 from ssl_bench.table.main import method_checkpoints
 from ssl_bench.table.model import Stat
-from ssl_bench.table.runs import REPORTED, column_values, display_name, setting_order
+from ssl_bench.table.runs import REPORTED, column_values, setting_order
 
-from .common import FigureResult, method_colors, methods_in, save, shown_runs
+from .common import FigureResult, method_colors, methods_in, namer, save, shown_runs
 
 
 def ratio(runs: pd.DataFrame, out_dir: Path, checkpoint: str = REPORTED, name: str = "ratio") -> FigureResult:
     runs = shown_runs(runs)
+    label_of = namer(runs)
     per_method = method_checkpoints(runs, checkpoint)
     settings = sorted(runs["setting"].unique(), key=setting_order)
     fig, ax = plt.subplots(figsize=(7.2, 4.8))
@@ -37,11 +38,11 @@ def ratio(runs: pd.DataFrame, out_dir: Path, checkpoint: str = REPORTED, name: s
                 ns.append(stat.n)
         if not xs:
             continue
-        ax.errorbar(xs, ys, yerr=errs, color=colors[m], marker="o", capsize=4, lw=1.6, label=display_name(m))
+        ax.errorbar(xs, ys, yerr=errs, color=colors[m], marker="o", capsize=4, lw=1.6, label=label_of(m))
         for x, y, n in zip(xs, ys, ns):
             ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(6, -10), fontsize=7,
                         color=colors[m])
-        labels.append(display_name(m))
+        labels.append(label_of(m))
     ax.set_xticks(range(len(settings)), settings)
     ax.set_xlabel("labeled setting")
     ax.set_ylabel("test DSC [%] (mean ± std over runs)")

@@ -13,15 +13,16 @@ from matplotlib.lines import Line2D
 import pandas as pd
 
 from ssl_bench.table.main import method_checkpoints
-from ssl_bench.table.runs import REPORTED, display_name, setting_order
+from ssl_bench.table.runs import REPORTED, setting_order
 
-from .common import FigureResult, legend_below, method_colors, methods_in, save, shown_runs
+from .common import FigureResult, legend_below, method_colors, methods_in, namer, save, shown_runs
 
 MARKERS = ["o", "^", "s", "D", "v", "P", "X"]
 
 
 def seeds(runs: pd.DataFrame, out_dir: Path, checkpoint: str = REPORTED, name: str = "seeds") -> FigureResult:
     runs = shown_runs(runs)
+    label_of = namer(runs)
     per_method = method_checkpoints(runs, checkpoint)
     methods = methods_in(runs)
     colors = method_colors(methods)
@@ -41,9 +42,9 @@ def seeds(runs: pd.DataFrame, out_dir: Path, checkpoint: str = REPORTED, name: s
             offsets = np.linspace(-0.18, 0.18, values.size) if values.size > 1 else np.zeros(1)
             for k, split in enumerate(here["split_seed"]):
                 ax.scatter(x + offsets[k], values[k], s=30, color=colors[m], edgecolor="black", lw=0.4,
-                           zorder=3, marker=markers[split], label=display_name(m))
+                           zorder=3, marker=markers[split], label=label_of(m))
             ax.hlines(values.mean(), x - 0.3, x + 0.3, color=colors[m], lw=2.2, zorder=2)
-        ax.set_xticks(range(len(methods)), [display_name(m) for m in methods], rotation=30, ha="right")
+        ax.set_xticks(range(len(methods)), [label_of(m) for m in methods], rotation=30, ha="right")
         ax.set_title(setting)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("test DSC [%] per run (bar: mean)")
@@ -51,7 +52,7 @@ def seeds(runs: pd.DataFrame, out_dir: Path, checkpoint: str = REPORTED, name: s
     for ax in axes[0]:
         for h in ax.collections:
             handles.setdefault(h.get_label(), h)
-    labels = [display_name(m) for m in methods if display_name(m) in handles]
+    labels = [label_of(m) for m in methods if label_of(m) in handles]
     shown = [handles[k] for k in labels]
     if len(splits) > 1:  # one grey marker per split seed
         shown += [Line2D([], [], ls="", marker=markers[k], color="grey", label=f"split seed {k}") for k in splits]
