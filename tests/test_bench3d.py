@@ -57,7 +57,8 @@ def test_a_csv_without_the_patch_column_loads_and_keeps_its_rows(tmp_path):
 def _run(method="mt", image_size=64, lb=2, ulb=2):
     """What the planner reads of a prepared run; a 3D run's image_size is its (z, y, x) patch."""
     return SimpleNamespace(spec=SimpleNamespace(method=method), image_size=image_size,
-                           train_cfg=SimpleNamespace(labeled_bs=lb, unlabeled_bs=ulb, amp=False))
+                           train_cfg=SimpleNamespace(labeled_bs=lb, unlabeled_bs=ulb, amp=False,
+                                                     supervised_whole_batch=False))
 
 
 def _times(tmp_path, lines: list[str], header: str = ",".join(steps.COLUMNS)):
