@@ -146,7 +146,7 @@ def test_unlabeled_dice_counts_only_confident_pixels():
     keep = torch.zeros(n_u, size, size, dtype=torch.bool)
     keep[..., size // 2:] = True
     assert out.terms["confident"] == pytest.approx(0.5)
-    assert float(out.unsup.detach()) == pytest.approx(float(masked_dice_loss(us, label, keep)), rel=1e-6)
+    assert float(out.unsup.detach()) == pytest.approx(float(masked_dice_loss(us, label, keep).detach()), rel=1e-6)
     # by hand for the kept half: per class 1 - (2 sum p y + eps) / (sum p^2 + sum y^2 + eps)
     probs, eps = us.detach().softmax(1)[..., size // 2:], 1e-5
     onehot = torch.nn.functional.one_hot(label[..., size // 2:], 4).movedim(-1, 1).float()
