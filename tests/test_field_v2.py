@@ -65,7 +65,7 @@ def test_dice_form_reaches_every_method():
                 m.set_stage(stage)
                 m.train(True)
                 torch.manual_seed(1)
-                losses[form] = float(m.training_step(b, m.ctx.total_iterations - 1).loss)
+                losses[form] = float(m.training_step(b, m.ctx.total_iterations - 1).loss.detach())
             differs |= not math.isclose(losses["linear"], losses["squared"], rel_tol=1e-6)
         assert differs, f"{name}: dice_form does not change any stage's loss"
 
