@@ -129,3 +129,31 @@ def test_peaks_are_reset_when_a_run_starts_mocked_cuda(monkeypatch):
     big.close()
     cost.reset_peaks(torch.device("cpu"))
     assert cost.host_rss_mb() < high - 32  # the high-water mark starts again from now
+
+
+def test_table_cost_of_3d_runs_names_the_patch_and_the_v_net(tmp_path):
+    """A 3D run's cost records its patch as a list (no MLflow metric): the cost table reads it from
+    the run's config instead of failing, and names the supervised rows as the LA tables do. Records:
+    two committed real-LA runs (results/la/runs/la-clean-8lab)."""
+    import csv
+    import io
+    import shutil
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from ssl_bench.cli import app
+
+    src = Path(__file__).resolve().parents[1] / "results/la/runs/la-clean-8lab"
+    root = tmp_path / "results"
+    for method in ("unet-l", "action"):
+        run = sorted((src / "la-small/8lab/la-clean-v1" / method).glob("seed0-*"))[0]
+        shutil.copytree(run, root / run.relative_to(src))
+    res = CliRunner().invoke(app, ["table", "--cost", "--format", "csv", "--results-root", str(root)])
+    assert res.exit_code == 0, res.output
+    rows = {r["method"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
+    assert rows["unet-l"]["image"] == rows["action"]["image"] == "64 x 64 x 32 voxels"
+    assert rows["unet-l"]["display_name"] == "V-Net-L" and rows["unet-l"]["image_size"] == ""
+    assert rows["action"]["labeled_bs"] == "1" and rows["action"]["runs"] == "1"
+    md = CliRunner().invoke(app, ["table", "--cost", "--format", "md", "--results-root", str(root)]).stdout
+    assert "| V-Net-L | cpu | 64 x 64 x 32 voxels / 2+2 | 1 |" in md
