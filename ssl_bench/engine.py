@@ -32,7 +32,7 @@ import torch
 from ssl_bench.augment import Augmenter
 from ssl_bench.cost import CostMeter, device_name
 from ssl_bench.datasets.base import DataError, Split, atomic_write_text
-from ssl_bench.registry import get_dataset_class, get_method_class
+from ssl_bench.registry import get_dataset_class, get_method_class, step_images
 from ssl_bench.runconfig import RunSpec, TrainConfig, config_hash, resolve, resolved_dict
 from ssl_bench.sampling import SlicePool, concat_pools, make_batch, make_pool, place_pools  # noqa: F401  (re-exported)
 from ssl_bench.schedules import learning_rate
@@ -288,9 +288,8 @@ def fit(run: PreparedRun, *, tracking_uri: str | None = None, experiment: str | 
         if not len(ulb_pool) and not method.supervised_only:
             raise DataError(f"{spec.method} needs unlabeled data but the split has none; lower --labeled/--ratio")
     # the batch as sampled: supervised-only methods may fill it with labeled slices (field)
-    batch_cfg = cfg
-    if method.supervised_only and cfg.supervised_whole_batch:
-        batch_cfg = dataclasses.replace(cfg, labeled_bs=cfg.labeled_bs + cfg.unlabeled_bs)
+    step_lb, _ = step_images(spec.method, cfg.labeled_bs, cfg.unlabeled_bs, cfg.supervised_whole_batch)
+    batch_cfg = dataclasses.replace(cfg, labeled_bs=step_lb) if step_lb != cfg.labeled_bs else cfg
     if cfg.sampling == "device":  # gather and augment batches where the networks run
         place_pools([lb_pool, ulb_pool], device)
 

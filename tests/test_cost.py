@@ -156,4 +156,7 @@ def test_table_cost_of_3d_runs_names_the_patch_and_the_v_net(tmp_path):
     assert rows["unet-l"]["display_name"] == "V-Net-L" and rows["unet-l"]["image_size"] == ""
     assert rows["action"]["labeled_bs"] == "1" and rows["action"]["runs"] == "1"
     md = CliRunner().invoke(app, ["table", "--cost", "--format", "md", "--results-root", str(root)]).stdout
-    assert "| V-Net-L | cpu | 64 x 64 x 32 voxels / 2+2 | 1 |" in md
+    # the batch as drawn: V-Net-L's recipe fills the whole batch with labeled patches (2+2 configured)
+    assert rows["unet-l"]["batch"] == "4 labeled" and rows["unet-l"]["unlabeled_bs"] == "2"
+    assert rows["action"]["batch"] == "1+1"
+    assert "| V-Net-L | cpu | 64 x 64 x 32 voxels / 4 labeled | 1 |" in md

@@ -5,8 +5,10 @@ import math
 
 import pandas as pd
 
-from .model import Block, Table, _size_text
-from .runs import display_name, method_order
+from ssl_bench.registry import is_supervised_only, step_images
+
+from .model import Block, Table, size_text
+from .runs import base_method, display_name, method_order
 
 
 def cost_tables(runs: pd.DataFrame) -> list[Table]:
@@ -24,22 +26,23 @@ def cost_tables(runs: pd.DataFrame) -> list[Table]:
                       columns=["device", "image / batch", "runs", "s / iteration", "train h / run",
                                "device-h / run", "device-h total", "peak GPU MiB", "peak RSS MiB"])
         block = Block(None)
-        keys = ["method", "device", "image", "cost/labeled_bs", "cost/unlabeled_bs"]
+        keys = ["method", "device", "image", "batch", "cost/labeled_bs", "cost/unlabeled_bs"]
         measured = measured.assign(device=measured["device"].fillna("") if "device" in measured else "",
-                                   image=[_image_text(row) for _, row in measured.iterrows()])
+                                   image=[_image_text(row) for _, row in measured.iterrows()],
+                                   batch=[_batch_text(row) for _, row in measured.iterrows()])
         groups = measured.groupby(keys, sort=False, dropna=False)
-        for (method, device, image, lb, ulb), g in sorted(groups, key=lambda kv: (method_order(display_name(kv[0][0], dataset)), kv[0][1:])):
+        for (method, device, image, batch, lb, ulb), g in sorted(groups, key=lambda kv: (method_order(display_name(kv[0][0], dataset)), kv[0][1:])):
             size = g["cost/image_size"].iloc[0] if "cost/image_size" in g else float("nan")
             hours = g["cost/device_hours"].astype(float)
             gpu = g["cost/peak_gpu_allocated_mb"].dropna() if "cost/peak_gpu_allocated_mb" in g else pd.Series(dtype=float)
             rec = {"dataset": dataset, "protocol": ptag, "method": method, "display_name": display_name(method, dataset), "device": device,
-                   "image_size": "" if pd.isna(size) else int(size), "image": image, "labeled_bs": int(lb), "unlabeled_bs": int(ulb), "runs": len(g),
+                   "image_size": "" if pd.isna(size) else int(size), "image": image, "batch": batch, "labeled_bs": int(lb), "unlabeled_bs": int(ulb), "runs": len(g),
                    "seconds_per_iteration": float(g["cost/seconds_per_iteration"].mean()),
                    "train_hours_per_run": float(g["cost/train_seconds"].mean()) / 3600,
                    "device_hours_per_run": float(hours.mean()), "device_hours_total": float(hours.sum()),
                    "peak_gpu_allocated_mib": float(gpu.max()) if len(gpu) else float("nan"),
                    "peak_host_rss_mib": float(g["cost/peak_host_rss_mb"].max())}
-            texts = [device or "?", f"{image} / {rec['labeled_bs']}+{rec['unlabeled_bs']}", str(len(g)),
+            texts = [device or "?", f"{image} / {batch}", str(len(g)),
                      f"{rec['seconds_per_iteration']:.3g}", f"{rec['train_hours_per_run']:.3g}",
                      f"{rec['device_hours_per_run']:.3g}", f"{rec['device_hours_total']:.3g}",
                      "—" if math.isnan(rec["peak_gpu_allocated_mib"]) else f"{rec['peak_gpu_allocated_mib']:.0f}",
@@ -65,5 +68,17 @@ def _image_text(row) -> str:
     size = row.get("cost/image_size")
     if size is not None and not pd.isna(size) and float(size) > 0:
         return f"{int(size)} px"
-    text = _size_text(row) if "as_run.image_size" in row or "as_run.patch_size" in row else "?"
-    return f"{text} voxels" if " x " in text else (f"{text} px" if text not in ("?", "", "0") else "?")
+    text = size_text(row)
+    return f"{text} voxels" if " x " in text else (f"{text} px" if text not in ("?", "0") else "?")
+
+
+def _batch_text(row) -> str:
+    """The batch one step of a run drew, as the as-run line counts it: "N labeled" for a
+    supervised-only method (the whole batch labeled where ``supervised_whole_batch`` was set, as
+    ``engine.fit`` samples it), else "labeled+unlabeled" (the cost record keeps the configured pair)."""
+    method = base_method(str(row["method"]))
+    lab, unl = int(row["cost/labeled_bs"]), int(row["cost/unlabeled_bs"])
+    if not is_supervised_only(method):
+        return f"{lab}+{unl}"
+    whole = str(row.get("as_run.supervised_whole_batch", "")).lower() == "true"
+    return f"{step_images(method, lab, unl, whole)[0]} labeled"

@@ -120,7 +120,7 @@ def as_run_line(runs) -> str | None:
             text = f"{steps} x {batch}"
             if text not in seen:
                 seen.append(text)
-            sizes.add(_size_text(row))
+            sizes.add(size_text(row))
         per_method[display_name(method, r["dataset"].iloc[0] if "dataset" in r else None)] = " or ".join(seen)
     shown = ", ".join(f"{m} {per_method[m]}" for m in sorted(per_method, key=method_order))
     three_d = any(" x " in z for z in sizes)
@@ -132,14 +132,18 @@ def as_run_line(runs) -> str | None:
     return f"As run (gradient steps x slices per step, {px}): {shown}."
 
 
-def _size_text(row) -> str:
+def size_text(row) -> str:
     """A run's training image: its side in px (2D), or its 3D patch as "x x y x z" (the run's
-    ``patch_size``, else its dataset's default patch; 3D runs log ``image_size`` 0)."""
+    ``patch_size``, else its dataset's default patch; 3D runs log ``image_size`` 0); "?" where the
+    run logged neither."""
     from .runs import _dataset_class
 
     cls = _dataset_class(str(row.get("dataset", "")))
     if getattr(cls, "spatial_dims", 2) != 3:
-        return str(row["as_run.image_size"])
+        try:
+            return str(int(float(row.get("as_run.image_size"))))
+        except (TypeError, ValueError):  # not logged (None, NaN, "")
+            return "?"
     raw = str(row.get("as_run.patch_size") or "")
     patch = [int(v) for v in re.findall(r"\d+", raw)] or list(getattr(cls, "default_patch_size", ()))
     return " x ".join(map(str, patch)) if patch else "?"
