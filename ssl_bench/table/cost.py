@@ -5,10 +5,8 @@ import math
 
 import pandas as pd
 
-from ssl_bench.registry import is_supervised_only, step_images
-
-from .model import Block, Table, size_text
-from .runs import base_method, display_name, method_order
+from .model import Block, Table, labeled_only_batch, size_text
+from .runs import display_name, method_order
 
 
 def cost_tables(runs: pd.DataFrame) -> list[Table]:
@@ -73,12 +71,7 @@ def _image_text(row) -> str:
 
 
 def _batch_text(row) -> str:
-    """The batch one step of a run drew, as the as-run line counts it: "N labeled" for a
-    supervised-only method (the whole batch labeled where ``supervised_whole_batch`` was set, as
-    ``engine.fit`` samples it), else "labeled+unlabeled" (the cost record keeps the configured pair)."""
-    method = base_method(str(row["method"]))
+    """The batch one step of a run drew, as the as-run line counts it (the cost record keeps the
+    configured labeled + unlabeled pair)."""
     lab, unl = int(row["cost/labeled_bs"]), int(row["cost/unlabeled_bs"])
-    if not is_supervised_only(method):
-        return f"{lab}+{unl}"
-    whole = str(row.get("as_run.supervised_whole_batch", "")).lower() == "true"
-    return f"{step_images(method, lab, unl, whole)[0]} labeled"
+    return labeled_only_batch(row, lab, unl) or f"{lab}+{unl}"

@@ -98,9 +98,7 @@ def as_run_line(runs) -> str | None:
     """What the runs of a table trained with: total gradient steps, the slices per step and the
     image size of each method, from their logged params (None where runs lack them). The protocol
     line states the paper-scale recipe; runs at a CPU preset or a ``--iterations`` budget differ."""
-    from ssl_bench.registry import is_supervised_only, step_images
-
-    from .runs import base_method, display_name, method_order
+    from .runs import display_name, method_order
 
     needed = ["as_run.iterations", "as_run.labeled_bs", "as_run.unlabeled_bs", "as_run.image_size"]
     if not len(runs) or any(c not in runs or runs[c].isna().any() for c in needed):
@@ -112,11 +110,7 @@ def as_run_line(runs) -> str | None:
             scale = float(row.get("as_run.budget_scale") or 1.0)
             steps = round(int(row["as_run.iterations"]) * scale)
             lab, unl = int(row["as_run.labeled_bs"]), int(row["as_run.unlabeled_bs"])
-            whole = str(row.get("as_run.supervised_whole_batch", "")).lower() == "true"
-            if is_supervised_only(base_method(method)):
-                batch = f"{step_images(base_method(method), lab, unl, whole)[0]} labeled"
-            else:
-                batch = f"({lab} + {unl})"
+            batch = labeled_only_batch(row, lab, unl) or f"({lab} + {unl})"
             text = f"{steps} x {batch}"
             if text not in seen:
                 seen.append(text)
@@ -130,6 +124,21 @@ def as_run_line(runs) -> str | None:
         return f"As run (gradient steps x patches per step, {px}): {shown}."
     px = f"{sizes.pop()} px" if len(sizes) == 1 else "px: " + "/".join(sorted(sizes, key=int))
     return f"As run (gradient steps x slices per step, {px}): {shown}."
+
+
+def labeled_only_batch(row, labeled_bs: int, unlabeled_bs: int) -> str | None:
+    """"N labeled", the batch a step of a supervised-only method (UNet-L) drew: the whole batch
+    labeled where the run set ``supervised_whole_batch``, as ``engine.fit`` samples it
+    (``registry.step_images``); None for a method that also draws unlabeled slices."""
+    from ssl_bench.registry import is_supervised_only, step_images
+
+    from .runs import base_method
+
+    method = base_method(str(row["method"]))
+    if not is_supervised_only(method):
+        return None
+    whole = str(row.get("as_run.supervised_whole_batch", "")).lower() == "true"
+    return f"{step_images(method, labeled_bs, unlabeled_bs, whole)[0]} labeled"
 
 
 def size_text(row) -> str:
